@@ -1,0 +1,725 @@
+"""Frame sampling from videos with PyAV (FFmpeg's libraries; no ``ffmpeg`` binary needed).
+
+Two sampling modes, after the two papers' data sets:
+
+* ``fps`` (AnimeFaces): one frame per ``1/fps`` seconds of video time. The video is decoded
+  sequentially and the first frame at or after each tick is kept; for long GOPs this is several
+  times faster than seeking to each tick (each seek re-decodes from a key frame; see
+  ``benchmarks/bench_video.py``). When the step between ticks is much longer than the GOP, the
+  sampler seeks instead (``seek="auto"``).
+* ``keyframes=True`` (GochiUsa_Faces): every key frame plus one frame per second. Without
+  ``fps`` (``fps=None``) only key frames are decoded (``skip_frame="NONKEY"``), which skips most
+  of the decoding work; with ``fps`` every frame must be decoded anyway, because a non-key frame
+  depends on the frames before it.
+
+Timestamps come from each frame's ``pts`` and its stream's ``time_base`` with exact fractions, so
+variable frame rate video and animated GIFs (whose frames carry their own delays) are sampled by
+real display time. Errors name the file: :class:`BadVideoError` for a missing file, a non-video,
+a stream without video, and a truncated or corrupt stream.
+
+:func:`extract_frames` writes the sampled frames and a labelable ``manifest.csv``;
+:func:`iter_sampled_frames` streams them in batches for other commands (``scan``).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .cache import atomic_write_bytes, atomic_write_json
+from .errors import AnimeFacesError, ConfigError
+
+VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".gif", ".ts", ".m2ts",
+                    ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
+FRAME_COLUMNS = ("path", "label", "split", "group", "video", "frame_index", "time_s", "frame_type")
+IMAGE_FORMATS = ("jpg", "png")
+SEEK_CHOICES = ("auto", "never", "always")
+# Seek only when the next tick is this many GOPs ahead: a seek costs up to one GOP of decoding
+# plus the seek itself, so it must skip clearly more than that (measured in bench_video.py).
+_SEEK_GOPS = 3
+# A video stream that ends this much before its declared duration is reported as truncated.
+_TRUNCATION_SLACK_S = 1.0
+
+
+class BadVideoError(AnimeFacesError):
+    """A video file cannot be read (missing, not a video, no video stream, truncated, corrupt)."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read video {self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One sampled frame.
+
+    Attributes:
+        index: the frame's number in the video (0-based, presentation order). Exact when the
+            video is decoded sequentially; estimated from ``time_s`` and the average frame rate
+            after a seek or in key-frame-only decoding, where the frames between are not decoded.
+        time_s: display time in seconds from the start of the video stream.
+        frame_type: ``"key"`` (a key frame, keyframes mode) or ``"sec"`` (the first frame at or
+            after a ``1/fps`` tick).
+        image: the decoded frame, RGB.
+    """
+
+    index: int
+    time_s: float
+    frame_type: str
+    image: Image.Image
+
+
+@dataclass
+class FrameBatch:
+    """Up to ``batch_size`` frames of one video, in display order."""
+
+    video: Path
+    frames: list[Frame]
+
+    @property
+    def images(self) -> list[Image.Image]:
+        return [f.image for f in self.frames]
+
+    @property
+    def times_s(self) -> list[float]:
+        return [f.time_s for f in self.frames]
+
+    @property
+    def indices(self) -> list[int]:
+        return [f.index for f in self.frames]
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the container says about the chosen video stream (durations may be unknown)."""
+
+    path: Path
+    codec: str
+    width: int
+    height: int
+    duration_s: float | None
+    average_fps: float | None
+    frames: int | None
+
+
+def is_video_name(path: os.PathLike | str) -> bool:
+    """True when the file name has a video extension (animated GIF counts as video)."""
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def _import_av():
+    try:
+        import av
+    except ImportError:
+        raise ConfigError('video support needs PyAV; install it with: pip install "av>=12" '
+                          '(or pip install "animefaces[video]")') from None
+    return av
+
+
+def _check_options(fps, keyframes, seek) -> Fraction | None:
+    if seek not in SEEK_CHOICES:
+        raise ConfigError(f"unknown seek mode {seek!r}; choose one of: {', '.join(SEEK_CHOICES)}")
+    if fps is None or fps == 0:
+        if not keyframes:
+            raise ConfigError("fps must be a positive number of frames per second of video "
+                              f"(got {fps!r}); fps=None is only allowed with keyframes=True")
+        return None
+    if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0 \
+            or not math.isfinite(fps):
+        raise ConfigError(f"fps must be a positive number of frames per second (got {fps!r}), "
+                          f"e.g. 1 for one frame a second or 0.5 for one every two seconds")
+    # Exact tick arithmetic: 0.1 as a float is not 1/10, and ticks must land on frame times.
+    return 1 / Fraction(str(fps)).limit_denominator(1_000_000)
+
+
+def _video_stream(container, path):
+    streams = [s for s in container.streams.video
+               if not (s.disposition & s.disposition.__class__.attached_pic)]
+    if not streams:
+        kinds = sorted({s.type for s in container.streams})
+        held = ", ".join(f"{sum(s.type == k for s in container.streams)} {k}" for k in kinds)
+        raise BadVideoError(path, f"it has no video stream (it holds: {held or 'nothing'})")
+    return streams[0]
+
+
+def _open(path: Path):
+    av = _import_av()
+    if not path.exists():
+        raise BadVideoError(path, "no such file")
+    if path.is_dir():
+        raise BadVideoError(path, "it is a folder, not a video file")
+    if path.stat().st_size == 0:
+        raise BadVideoError(path, "the file is empty (0 bytes)")
+    try:
+        container = av.open(str(path), metadata_errors="ignore")
+    except av.error.FFmpegError as exc:
+        raise BadVideoError(path, f"not a video, or a truncated or corrupt one that FFmpeg cannot "
+                                  f"open ({_reason(exc)})") from None
+    try:
+        stream = _video_stream(container, path)
+    except BaseException:
+        container.close()
+        raise
+    return container, stream
+
+
+def _reason(exc) -> str:
+    return getattr(exc, "strerror", None) or str(exc)
+
+
+def _duration_s(container, stream) -> float | None:
+    if stream.duration is not None and stream.time_base is not None:
+        return float(stream.duration * stream.time_base)
+    if container.duration is not None:  # AV_TIME_BASE units; may include audio
+        return container.duration / 1_000_000
+    return None
+
+
+def probe_video(video_path: os.PathLike | str) -> VideoInfo:
+    """Read a video's header: codec, size, duration (or None), average fps (or None).
+
+    Raises:
+        BadVideoError: missing file, not a video, no video stream.
+    """
+    path = Path(video_path)
+    container, stream = _open(path)
+    with container:
+        rate = stream.average_rate or stream.guessed_rate
+        return VideoInfo(path=path, codec=stream.codec_context.name, width=stream.width,
+                         height=stream.height, duration_s=_duration_s(container, stream),
+                         average_fps=float(rate) if rate else None, frames=stream.frames or None)
+
+
+def sample_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,
+                  keyframes: bool = False, seek: str = "auto",
+                  progress: Callable[[float], None] | None = None) -> Iterator[Frame]:
+    """Decode a video and yield the sampled frames in display order.
+
+    Args:
+        video_path: any file FFmpeg reads: mp4, mkv, webm, avi, mov, animated GIF...
+        fps: sampled frames per second of video time (1.0 = one a second, as AnimeFaces did).
+            Ticks fall at ``k / fps`` seconds; each keeps the first frame at or after it. A
+            frame shown across several ticks (a long GIF frame, a VFR still) is yielded once.
+            ``None`` with ``keyframes=True`` samples key frames only.
+        keyframes: also yield every key frame (``frame_type="key"``), as GochiUsa_Faces did. A
+            tick whose first frame is a key frame yields it once, as ``"key"``.
+        seek: ``"auto"`` seeks ahead when the next tick is more than a few GOPs away (sparse
+            sampling), ``"never"`` always decodes sequentially, ``"always"`` seeks whenever
+            the next tick lies beyond the next key frame.
+        progress: called with the current video time in seconds as decoding advances.
+
+    Yields:
+        :class:`Frame` objects (index, time_s, frame_type, RGB image).
+
+    Raises:
+        BadVideoError: naming the file, when it is missing, not a video, has no video stream,
+            or is truncated or corrupt (possibly after some frames were yielded).
+        ConfigError: for a bad ``fps`` / ``seek``.
+    """
+    step = _check_options(fps, keyframes, seek)
+    path = Path(video_path)
+    av = _import_av()
+    container, stream = _open(path)
+    with container:
+        yield from _sample(av, container, stream, path, step=step, keyframes=keyframes,
+                           seek=seek, progress=progress)
+
+
+def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
+    tb = Fraction(stream.time_base) if stream.time_base else None
+    rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
+    start = stream.start_time  # pts of time 0; the first timestamp seen when undeclared
+    key_only = step is None
+    if key_only:
+        # The decoder then drops all but key frames (~6x less work for GOP 240, measured); the
+        # key_frame filter below keeps the output right for codecs that ignore the flag.
+        stream.codec_context.skip_frame = "NONKEY"
+
+    next_tick = Fraction(0)
+    count = 0                  # frames seen since the start: the exact index while sequential
+    exact_index = not key_only
+    last_t: Fraction | None = None     # time of the last frame handled (never goes back)
+    last_end: Fraction | None = None   # ... plus its duration
+    last_key: Fraction | None = None
+    gop: Fraction | None = None        # longest key-frame interval seen so far
+    try_seek = seek != "never" and not key_only and tb is not None
+    sought: set[Fraction] = set()
+
+    def to_time(pts, ptb) -> Fraction | None:
+        nonlocal start
+        if pts is None or ptb is None:
+            return None
+        if start is None:
+            start = pts
+        return (pts - start) * Fraction(ptb)
+
+    while True:
+        seek_to = None
+        demux = container.demux(stream)
+        try:
+            for packet in demux:
+                for frame in packet.decode():
+                    t = to_time(frame.pts if frame.pts is not None else frame.dts,
+                                frame.time_base or tb)
+                    if t is None:
+                        # Raw streams may lack timestamps: continue at the stream's rate.
+                        t = last_end if last_end is not None else (
+                            count / rate if rate else Fraction(count))
+                    if last_t is not None and t <= last_t:
+                        # Already handled before a seek (or a broken timestamp): skip.
+                        continue
+                    is_key = bool(frame.key_frame)
+                    if key_only and not is_key:
+                        continue
+                    index = count if exact_index else (round(t * rate) if rate else count)
+                    count += 1
+                    dur = frame.duration
+                    last_t = t
+                    last_end = t + (dur * Fraction(frame.time_base or tb) if dur and tb
+                                    else (1 / rate if rate else Fraction(0)))
+                    if progress is not None:
+                        progress(float(t))
+                    if t < 0:  # hidden by an edit list (encoder delay): never displayed
+                        continue
+                    take_tick = step is not None and t >= next_tick
+                    if take_tick:
+                        next_tick = (t // step + 1) * step
+                    if keyframes and is_key:
+                        yield Frame(index, float(t), "key", frame.to_image())
+                    elif take_tick:
+                        yield Frame(index, float(t), "sec", frame.to_image())
+                # Decide on a seek only after the key frame packet is decoded, so a container
+                # that refuses to seek leaves the decoder in a consistent state.
+                if try_seek and packet.is_keyframe and packet.pts is not None:
+                    kt = to_time(packet.pts, tb)
+                    if last_key is not None and kt > last_key:
+                        gop = max(gop or 0, kt - last_key)
+                    last_key = kt
+                    if gop and next_tick not in sought and \
+                            next_tick - kt > gop * (_SEEK_GOPS if seek == "auto" else 1):
+                        seek_to = next_tick
+                        break
+        except av.error.FFmpegError as exc:
+            where = f"at {float(last_t):.2f} s" if last_t is not None else "before the first frame"
+            raise BadVideoError(path, f"the stream is truncated or corrupt ({where}: "
+                                      f"{_reason(exc)})") from None
+        finally:
+            demux.close()
+        if seek_to is None:
+            break
+        sought.add(seek_to)
+        try:
+            # backward=True lands on the key frame at or before the tick; PyAV flushes the
+            # decoder. Frames before the tick are then decoded and skipped as usual.
+            container.seek(int(seek_to / tb) + (start or 0), stream=stream, backward=True,
+                           any_frame=False)
+        except av.error.FFmpegError:
+            try_seek = False  # carry on sequentially; the t <= last_t guard drops repeats
+        else:
+            exact_index = False  # the frames skipped were not counted
+
+    if last_t is None:
+        raise BadVideoError(path, "no frame could be decoded (the stream is empty, truncated "
+                                  "or corrupt)")
+    declared = stream.duration * tb if stream.duration is not None and tb else None
+    if declared is not None and not key_only and \
+            float(last_end) + _TRUNCATION_SLACK_S < float(declared):
+        raise BadVideoError(path, f"the stream ends at {float(last_end):.2f} s but the file "
+                                  f"declares {float(declared):.2f} s: it is truncated")
+
+
+def iter_sampled_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,
+                        keyframes: bool = False, batch_size: int = 16, seek: str = "auto",
+                        progress: Callable[[float], None] | None = None
+                        ) -> Iterator[FrameBatch]:
+    """Stream one video's sampled frames in batches (for batched classification, e.g. ``scan``).
+
+    A batch never spans two videos; call this once per video and catch :class:`BadVideoError`
+    per video to go on with the others. Only ``batch_size`` decoded frames are held at a time.
+
+    Args:
+        video_path, fps, keyframes, seek, progress: as for :func:`sample_frames`.
+        batch_size: frames per batch (the last one may be shorter).
+
+    Yields:
+        :class:`FrameBatch` with ``.images`` (RGB PIL images), ``.times_s``, ``.indices`` and
+        ``.frames``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
+    path = Path(video_path)
+    batch: list[Frame] = []
+    for frame in sample_frames(path, fps=fps, keyframes=keyframes, seek=seek, progress=progress):
+        batch.append(frame)
+        if len(batch) == batch_size:
+            yield FrameBatch(path, batch)
+            batch = []
+    if batch:
+        yield FrameBatch(path, batch)
+
+
+# -- near-duplicate suppression -------------------------------------------------------------
+
+def dhash(image: Image.Image, *, hash_size: int = 8) -> int:
+    """Difference hash: ``hash_size**2`` bits, one per horizontally adjacent pixel pair of a
+    ``(hash_size, hash_size + 1)`` grayscale thumbnail (1 where the left pixel is brighter).
+
+    Robust to re-encoding and scaling, sensitive to a changed picture. The usual threshold for
+    "the same picture" is a Hamming distance of about 0-10 of 64 bits.
+    """
+    # BOX averages all source pixels: stable against compression noise, and cheap from 1080p.
+    thumb = image.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.BOX,
+                                      reducing_gap=2.0)
+    px = np.asarray(thumb, dtype=np.int16)
+    bits = (px[:, :-1] > px[:, 1:]).ravel()
+    return int(np.packbits(bits).view(">u8")[0]) if hash_size == 8 else \
+        int("".join("1" if b else "0" for b in bits), 2)
+
+
+class NearDuplicateFilter:
+    """Remembers the dHash of every kept frame; a frame within ``threshold`` bits of any kept
+    one is a near duplicate. Held for a whole run, so repeated shots (an opening sequence in
+    every episode) are dropped across videos too, not only consecutive frames."""
+
+    def __init__(self, threshold: int):
+        if isinstance(threshold, bool) or not isinstance(threshold, int) or \
+                not 0 <= threshold <= 64:
+            raise ConfigError(f"dedup threshold must be a Hamming distance from 0 to 64 bits "
+                              f"(got {threshold!r}); 0 drops only identical hashes, ~5 is usual")
+        self.threshold = threshold
+        self._hashes = np.zeros(256, dtype=np.uint64)
+        self._n = 0
+        self.dropped = 0
+
+    def is_duplicate(self, image: Image.Image) -> bool:
+        """True (and counted) for a near duplicate; otherwise the frame is remembered as kept."""
+        h = np.uint64(dhash(image))
+        if self._n and int(np.bitwise_count(self._hashes[:self._n] ^ h).min()) <= self.threshold:
+            self.dropped += 1
+            return True
+        if self._n == len(self._hashes):
+            self._hashes = np.concatenate([self._hashes, np.zeros_like(self._hashes)])
+        self._hashes[self._n] = h
+        self._n += 1
+        return False
+
+
+# -- writing frames and the manifest ---------------------------------------------------------
+
+@dataclass
+class VideoResult:
+    """What happened to one input video."""
+
+    video: str
+    frames_written: int = 0
+    frames_dropped: int = 0
+    video_seconds: float = 0.0
+    error: str | None = None
+
+
+@dataclass
+class ExtractSummary:
+    """Counts for a whole :func:`extract_frames` run; ``str()`` gives the CLI's summary."""
+
+    out_dir: Path
+    manifest: Path
+    results: list[VideoResult] = field(default_factory=list)
+    elapsed_s: float = 0.0
+
+    @property
+    def frames_written(self) -> int:
+        return sum(r.frames_written for r in self.results)
+
+    @property
+    def frames_dropped(self) -> int:
+        return sum(r.frames_dropped for r in self.results)
+
+    @property
+    def failures(self) -> list[VideoResult]:
+        return [r for r in self.results if r.error is not None]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def __str__(self) -> str:
+        done = len(self.results) - len(self.failures)
+        lines = [f"{self.frames_written} frame(s) from {done} of {len(self.results)} video(s) "
+                 f"written to {self.out_dir} (manifest: {self.manifest.name})"]
+        if self.frames_dropped:
+            lines.append(f"{self.frames_dropped} near-duplicate frame(s) dropped")
+        for r in self.failures:
+            kept = f" ({r.frames_written} frame(s) before the error kept)" \
+                if r.frames_written else ""
+            lines.append(f"error: {r.error}{kept}")
+        if self.failures:
+            lines.append(f"{len(self.failures)} video(s) failed")
+        return "\n".join(lines)
+
+
+def encode_image(image: Image.Image, image_format: str) -> bytes:
+    """JPEG (quality 95) or PNG bytes of an RGB image."""
+    buf = io.BytesIO()
+    if image_format == "jpg":
+        image.save(buf, format="JPEG", quality=95)
+    else:
+        # Level 1 is several times faster than the default at 1080p for ~10% more bytes.
+        image.save(buf, format="PNG", compress_level=1)
+    return buf.getvalue()
+
+
+def _check_format(image_format: str) -> str:
+    fmt = str(image_format).lower().lstrip(".")
+    fmt = "jpg" if fmt == "jpeg" else fmt
+    if fmt not in IMAGE_FORMATS:
+        raise ConfigError(f"unknown image format {image_format!r}; choose one of: "
+                          f"{', '.join(IMAGE_FORMATS)}")
+    return fmt
+
+
+def check_unique_stems(paths: Iterable[Path], *, what: str = "videos") -> None:
+    """Output names start with each input's stem; two inputs with one stem would overwrite
+    each other's files, so refuse before any work."""
+    seen: dict[str, Path] = {}
+    for p in paths:
+        if p.stem in seen and seen[p.stem] != p:
+            raise ConfigError(f"two {what} share the name '{p.stem}' ({seen[p.stem]} and {p}); "
+                              f"their outputs would overwrite each other: rename one, or run "
+                              f"them into different --out folders")
+        seen[p.stem] = p
+
+
+def write_manifest(csv_path: Path, rows: list[dict], *, columns: Iterable[str],
+                   replace_groups: Iterable[str], sort_key=None) -> int:
+    """Write ``rows`` to ``csv_path`` atomically, merged with the CSV already there.
+
+    Rows already in the file whose ``group`` is not in ``replace_groups`` are kept (earlier runs
+    on other inputs), rows of the re-processed groups are replaced, and a ``label`` or ``split``
+    typed into the old file is carried over to the new row with the same ``path``: re-running
+    never loses labelling work.
+
+    Returns:
+        how many old rows of the re-processed groups have no new counterpart (stale).
+
+    Raises:
+        ConfigError: the existing file is not a manifest with a ``path`` column.
+    """
+    columns = list(columns)
+    replace = set(replace_groups)
+    old_rows: list[dict] = []
+    if csv_path.is_file():
+        try:
+            with open(csv_path, newline="", encoding="utf-8") as f:
+                reader = csv.DictReader(f)
+                old_cols = reader.fieldnames or []
+                old_rows = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error) as exc:
+            raise ConfigError(f"cannot read the existing manifest {csv_path} ({exc}); move it "
+                              f"away or choose another --out folder") from None
+        if "path" not in old_cols:
+            raise ConfigError(f"{csv_path} exists but is not a manifest (no 'path' column); move "
+                              f"it away or choose another --out folder")
+        columns += [c for c in old_cols if c not in columns]
+    by_path = {r.get("path"): r for r in old_rows}
+    new_paths = {r["path"] for r in rows}
+    kept = [r for r in old_rows if r.get("group") not in replace]
+    stale = sum(1 for r in old_rows if r.get("group") in replace and r.get("path") not in new_paths)
+    merged = []
+    for r in rows:
+        old = by_path.get(r["path"], {})
+        r = dict(r)
+        for col in ("label", "split"):
+            if not r.get(col) and old.get(col):
+                r[col] = old[col]
+        merged.append(r)
+    kept = [r for r in kept if r.get("path") not in new_paths]
+    out = kept + merged
+    if sort_key is not None:
+        out.sort(key=sort_key)
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    writer.writeheader()
+    for r in out:
+        writer.writerow({c: ("" if r.get(c) is None else r.get(c)) for c in columns})
+    atomic_write_bytes(csv_path, buf.getvalue().encode("utf-8"))
+    return stale
+
+
+def _frame_sort_key(row: dict):
+    try:
+        idx = int(row.get("frame_index") or 0)
+    except ValueError:
+        idx = 0
+    return (row.get("group") or "", idx, row.get("path") or "")
+
+
+def _versions() -> dict:
+    from . import __version__
+
+    out = {"animefaces": __version__, "python": sys.version.split()[0]}
+    try:
+        import av
+
+        out["av"] = av.__version__
+        out["ffmpeg"] = {k: ".".join(map(str, v)) for k, v in av.library_versions.items()}
+    except ImportError:
+        pass
+    return out
+
+
+class _VideoClock:
+    """Feeds a tqdm bar in seconds of video time across all videos of a run."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.pos = 0.0
+
+    def _advance(self, seconds: float) -> None:
+        if self.bar.total:  # durations are declared, frame times are measured: stay in range
+            seconds = min(seconds, self.bar.total - self.bar.n)
+        if seconds > 0:
+            self.bar.update(seconds)
+
+    def __call__(self, t: float) -> None:
+        if t > self.pos:
+            self._advance(t - self.pos)
+            self.pos = t
+
+    def next_video(self, duration: float | None) -> None:
+        # Count a finished video in full, so the total stays truthful after an early error.
+        if duration is not None and duration > self.pos:
+            self._advance(duration - self.pos)
+        self.pos = 0.0
+
+
+def _progress_bar(total: float | None, enabled: bool):
+    from tqdm.auto import tqdm
+
+    fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}"
+           "{postfix}]") if total else "{desc}: {n:.0f} s [{elapsed}{postfix}]"
+    return tqdm(total=total or None, desc="video time", file=sys.stderr, disable=not enabled,
+                dynamic_ncols=True, bar_format=fmt)
+
+
+def _durations(paths: list[Path]) -> dict[Path, float | None]:
+    out = {}
+    for p in paths:
+        try:
+            out[p] = probe_video(p).duration_s
+        except AnimeFacesError:
+            out[p] = None
+    return out
+
+
+def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | str, *,
+                   fps: float | None = 1.0, keyframes: bool = False, dedup: int | None = None,
+                   image_format: str = "jpg", seek: str = "auto",
+                   progress: bool = True) -> ExtractSummary:
+    """Sample frames from videos into image files plus a labelable ``manifest.csv``.
+
+    Files are named ``{video_stem}-{frame_type}-{index}.{jpg|png}`` (``index``: the frame's
+    number in the video). ``out_dir/manifest.csv`` gets the columns
+    ``path,label,split,group,video,frame_index,time_s,frame_type``: ``path`` relative to the
+    CSV, ``label`` and ``split`` empty for you to fill in, ``group`` the video stem (so a
+    video's frames stay in one split). Rows of earlier runs on other videos are kept, and labels
+    already typed in are carried over (see :func:`write_manifest`). ``manifest.json`` beside it
+    records the settings, versions and per-video counts. Every file is written atomically.
+
+    Args:
+        videos: video files (mp4, mkv, webm, avi, mov, animated GIF...).
+        out_dir: output folder (created).
+        fps, keyframes, seek: as for :func:`sample_frames`.
+        dedup: None to keep every sampled frame, or a dHash Hamming distance (0-64 bits): a
+            frame within it of any frame kept so far in this run is dropped and counted.
+        image_format: ``"jpg"`` (quality 95) or ``"png"``.
+        progress: show a progress bar on stderr, in seconds of video time.
+
+    Returns:
+        :class:`ExtractSummary`; a video that failed (missing, not a video, no video stream,
+        truncated, corrupt) has its ``error`` set while the other videos are still processed.
+
+    Raises:
+        ConfigError: bad options, two videos with the same stem, or an ``out_dir/manifest.csv``
+            that is not a manifest.
+    """
+    _check_options(fps, keyframes, seek)
+    fmt = _check_format(image_format)
+    dup = NearDuplicateFilter(dedup) if dedup is not None else None
+    paths = [Path(v) for v in videos]
+    if not paths:
+        raise ConfigError("no videos given; pass one or more video files")
+    check_unique_stems(paths)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    csv_path = out / "manifest.csv"
+    if csv_path.exists():  # fail before the long decode, not after it
+        write_manifest_check(csv_path)
+    t0 = time.perf_counter()
+    summary = ExtractSummary(out_dir=out, manifest=csv_path)
+    rows: list[dict] = []
+    durations = _durations(paths) if progress else {}
+    bar = _progress_bar(sum(d for d in durations.values() if d), progress)
+    clock = _VideoClock(bar)
+    with bar:
+        for p in paths:
+            res = VideoResult(video=str(p))
+            summary.results.append(res)
+            bar.set_postfix_str(p.name, refresh=False)
+            try:
+                for fr in sample_frames(p, fps=fps, keyframes=keyframes, seek=seek,
+                                        progress=clock):
+                    res.video_seconds = fr.time_s
+                    if dup is not None and dup.is_duplicate(fr.image):
+                        res.frames_dropped += 1
+                        continue
+                    name = f"{p.stem}-{fr.frame_type}-{fr.index}.{fmt}"
+                    atomic_write_bytes(out / name, encode_image(fr.image, fmt))
+                    res.frames_written += 1
+                    rows.append({"path": name, "label": "", "split": "", "group": p.stem,
+                                 "video": p.name, "frame_index": fr.index,
+                                 "time_s": f"{fr.time_s:.3f}", "frame_type": fr.frame_type})
+            except BadVideoError as exc:
+                res.error = str(exc)
+            clock.next_video(durations.get(p))
+    write_manifest(csv_path, rows, columns=FRAME_COLUMNS,
+                   replace_groups={p.stem for p in paths}, sort_key=_frame_sort_key)
+    summary.elapsed_s = time.perf_counter() - t0
+    atomic_write_json(out / "manifest.json", {
+        "made_by": "animefaces.video.extract_frames",
+        "settings": {"fps": fps, "keyframes": keyframes, "dedup": dedup,
+                     "dedup_hash": "dHash 64-bit (9x8 grayscale, BOX resize)",
+                     "image_format": fmt, "seek": seek},
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "elapsed_s": round(summary.elapsed_s, 3),
+        "videos": [vars(r) for r in summary.results],
+    })
+    return summary
+
+
+def write_manifest_check(csv_path: Path) -> None:
+    """Raise :class:`ConfigError` now if ``csv_path`` exists but is not a manifest we can merge."""
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            header = next(csv.reader(f), [])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise ConfigError(f"cannot read the existing manifest {csv_path} ({exc}); move it away "
+                          f"or choose another --out folder") from None
+    if "path" not in header:
+        raise ConfigError(f"{csv_path} exists but is not a manifest (no 'path' column); move it "
+                          f"away or choose another --out folder")
