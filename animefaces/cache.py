@@ -65,10 +65,12 @@ class FeatureCache:
         name: human-readable prefix of the folder name.
     """
 
-    def __init__(self, root: os.PathLike, fingerprint: str, *, meta: dict, name: str = "features"):
-        self.root = Path(root)
+    def __init__(self, root: os.PathLike | None, fingerprint: str, *, meta: dict,
+                 name: str = "features"):
+        # root=None: an in-memory store (for predictions that should leave nothing on disk).
+        self.root = Path(root) if root is not None else None
         self.fingerprint = fingerprint
-        self.dir = self.root / f"{name}-{fingerprint[:12]}"
+        self.dir = self.root / f"{name}-{fingerprint[:12]}" if self.root is not None else None
         self.meta = dict(meta, fingerprint=fingerprint)
         self._index: dict[str, tuple[int, int]] | None = None
         self._arrays: list[np.ndarray] = []
@@ -80,6 +82,8 @@ class FeatureCache:
         if self._index is not None:
             return
         self._index, self._arrays = {}, []
+        if self.dir is None:
+            return
         meta_path = self.dir / "meta.json"
         if meta_path.is_file():
             try:
@@ -155,6 +159,9 @@ class FeatureCache:
         if not self._pending_keys:
             return
         self._load()
+        if self.dir is None:
+            self._remember()
+            return
         if not (self.dir / "meta.json").is_file():
             atomic_write_json(self.dir / "meta.json", dict(self.meta, created=time.time()))
         keys = np.array(self._pending_keys, dtype="S64")
@@ -165,6 +172,10 @@ class FeatureCache:
         buf = io.BytesIO()
         np.savez(buf, keys=keys, features=feats)
         atomic_write_bytes(self.dir / name, buf.getvalue())
+        self._remember()
+
+    def _remember(self) -> None:
+        feats = np.concatenate(self._pending_feats).astype(np.float32, copy=False)
         a = len(self._arrays)
         self._arrays.append(feats)
         for i, k in enumerate(self._pending_keys):
@@ -176,6 +187,8 @@ class FeatureCache:
         the merged shard is written before the old ones are removed, and duplicates are
         harmless."""
         self._load()
+        if self.dir is None:
+            return
         shards = sorted(self.dir.glob(SHARD_GLOB))
         if len(shards) < min_shards:
             return

@@ -332,6 +332,7 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
             try_seek = False  # carry on sequentially; the t <= last_t guard drops repeats
         else:
             exact_index = False  # the frames skipped were not counted
+            last_key = None      # the jump is not a key-frame interval
 
     if last_t is None:
         raise BadVideoError(path, "no frame could be decoded (the stream is empty, truncated "

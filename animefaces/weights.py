@@ -104,20 +104,27 @@ def _try_download(spec: BackboneSpec, dest_dir: Path) -> Path | None:
 
         enum_name, member = wf.torchvision_enum.split(".")
         url = getattr(getattr(tvm, enum_name), member).url
-        torch.hub.load_state_dict_from_url(url, model_dir=str(dest_dir), progress=True,
-                                           check_hash=True, map_location="cpu")
+        import contextlib
+        import io
+
+        # torch.hub prints "Downloading: ..." (to stdout) even when it then fails offline.
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            torch.hub.load_state_dict_from_url(url, model_dir=str(dest_dir), progress=False,
+                                               check_hash=True, map_location="cpu")
     except Exception:  # noqa: BLE001 - any failure means "not available"; the caller explains
         return None
     path = dest_dir / wf.filename
     return path if path.is_file() else None
 
 
-def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None) -> ResolvedWeights:
+def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None, *,
+                    download: bool = True) -> ResolvedWeights:
     """Find the weights for ``spec``.
 
     Args:
         spec: the backbone.
         weights: None (search), a file path, or ``"random"`` (explicit random init, for tests).
+        download: try torchvision's download as the last resort.
 
     Raises:
         WeightsNotFoundError: nothing found; the message says which file to put where.
@@ -144,7 +151,7 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
     packaged = _package_file(spec)
     if packaged is not None:
         return ResolvedWeights(path=packaged, sha256=_verify(spec, packaged), source="package")
-    downloaded = _try_download(spec, cache_dir)
+    downloaded = _try_download(spec, cache_dir) if download else None
     if downloaded is not None:
         return ResolvedWeights(path=downloaded, sha256=_verify(spec, downloaded), source="download")
     raise WeightsNotFoundError(missing_weights_message(spec))

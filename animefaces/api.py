@@ -1,0 +1,170 @@
+"""The Python API: load a trained classifier and ask whether images show a face.
+
+    >>> import animefaces
+    >>> clf = animefaces.FaceClassifier.load("models/best")      # doctest: +SKIP
+    >>> clf.predict("frame.png")                                  # doctest: +SKIP
+    Prediction(source='frame.png', label='face', score=0.987, ...)
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AnimeFacesError, BadImageError, ModelMismatchError
+
+DEFAULT_MODEL = "models/best"
+# Fields of the feature fingerprint that must match between training and prediction. Precision
+# and package version may differ (bf16 vs fp32 features differ by < 1%).
+_MUST_MATCH = ("backbone", "weights_sha256", "layer", "pooling", "preprocessing")
+
+
+@dataclass
+class Prediction:
+    """The answer for one image.
+
+    Attributes:
+        source: the file path, or ``<image 3>`` for in-memory inputs.
+        label: ``face`` or ``no_face`` (``error`` when the image could not be read).
+        score: P(face) in [0, 1], from the SVM score through a sigmoid fitted on the validation set.
+        decision: the raw SVM decision value (> 0 leans to face).
+        error: why the image could not be read (only when label == "error").
+    """
+
+    source: str
+    label: str
+    score: float
+    decision: float = float("nan")
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FaceClassifier:
+    """A trained face / no-face classifier with its feature extractor.
+
+    Build one with :meth:`load`. ``predict`` takes a path, a PIL image or a numpy array;
+    ``predict_many`` takes a list of them and runs the CNN in batches.
+    """
+
+    def __init__(self, model, extractor, *, threshold: float = 0.5, path: Path | None = None):
+        self.model = model
+        self.extractor = extractor
+        self.threshold = threshold
+        self.path = path
+
+    @classmethod
+    def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
+             batch_size: int | None = None, threshold: float = 0.5) -> "FaceClassifier":
+        """Load a model saved by ``animefaces sweep`` (default: ``models/best``, or the
+        ``ANIMEFACES_MODEL`` environment variable).
+
+        Model files are pickles: load only models you trust.
+
+        Args:
+            path: ``models/NAME`` (with ``NAME.joblib`` and ``NAME.json``), or either file.
+            device: where the CNN runs (``auto``, ``cpu``, ``cuda``...).
+            weights: backbone weights (default: found as for extraction; must be the very file the
+                model was trained with: its sha256 is checked).
+            threshold: P(face) at or above which the label is ``face``.
+
+        Raises:
+            ModelMismatchError: the backbone's weights or preprocessing differ from training.
+        """
+        from .extract import FeatureExtractor
+        from .svm import load_model, resolve_model_path
+
+        path = path or os.environ.get("ANIMEFACES_MODEL") or DEFAULT_MODEL
+        model_file = resolve_model_path(path)
+        model = load_model(model_file)
+        feats = model.meta.get("features", {})
+        if weights is None and feats.get("random_weights"):
+            weights = "random"
+        precision = feats.get("precision", "fp32")
+        fx = FeatureExtractor(feats["backbone"], weights=weights, device=device,
+                              precision=precision if precision != "fp16" else "auto",
+                              pooling=feats.get("pooling", "auto"), batch_size=batch_size)
+        now = fx.fingerprint_fields()
+        diff = [k for k in _MUST_MATCH if str(now.get(k)) != str(feats.get(k))]
+        if diff:
+            detail = "; ".join(f"{k}: trained with {feats.get(k)!r}, now {now.get(k)!r}" for k in diff)
+            raise ModelMismatchError(f"model {model_file} does not fit this feature extractor ({detail}); "
+                                     f"use the weights file it was trained with, or retrain")
+        return cls(model, fx, threshold=threshold, path=model_file)
+
+    @property
+    def backbone(self) -> str:
+        return self.extractor.spec.name
+
+    def predict(self, image) -> Prediction:
+        """Classify one image (path, PIL image or numpy array).
+
+        Raises:
+            BadImageError: the image cannot be read (the message names it).
+        """
+        return self.predict_many([image], on_error="raise")[0]
+
+    def predict_many(self, images, *, on_error: str = "raise", progress: bool = False,
+                     batch_size: int | None = None) -> list[Prediction]:
+        """Classify many images, batched through the CNN.
+
+        Args:
+            images: paths, PIL images or numpy arrays (mixed is fine).
+            on_error: ``raise`` (stop at the first unreadable image) or ``report`` (return a
+                Prediction with label ``error`` and the reason for it).
+        """
+        from .cache import FeatureCache
+
+        if on_error not in ("raise", "report"):
+            raise ValueError("on_error must be 'raise' or 'report'")
+        images = list(images)
+        results: list[Prediction | None] = [None] * len(images)
+        path_idx = [i for i, im in enumerate(images) if isinstance(im, (str, os.PathLike))]
+        mem_idx = [i for i in range(len(images)) if i not in set(path_idx)]
+        fx = self.extractor
+        if path_idx:
+            cache = FeatureCache(None, fx.fingerprint, meta={}, name=fx.spec.name)
+            paths = [Path(images[i]) for i in path_idx]
+            X, keys, bad = fx.extract_files(paths, cache=cache, skip_bad=on_error == "report",
+                                            progress=progress)
+            bad_reason = {str(p): r for p, r in bad}
+            good = [i for i in path_idx if str(Path(images[i])) not in bad_reason]
+            for i, p in zip(path_idx, paths):
+                if str(p) in bad_reason:
+                    results[i] = Prediction(source=str(p), label="error", score=float("nan"),
+                                            error=bad_reason[str(p)])
+            self._fill(results, good, X, [str(Path(images[i])) for i in good])
+        if mem_idx:
+            from .imageio import as_rgb_image
+
+            ok, decoded = [], []
+            for i in mem_idx:
+                try:
+                    decoded.append(as_rgb_image(images[i]))
+                    ok.append(i)
+                except BadImageError as exc:
+                    if on_error == "raise":
+                        raise
+                    results[i] = Prediction(source=f"<image {i}>", label="error",
+                                            score=float("nan"), error=exc.reason)
+            if ok:
+                self._fill(results, ok, fx.transform_images(decoded), [f"<image {i}>" for i in ok])
+        return results
+
+    def _fill(self, results, idx, X, names) -> None:
+        if not idx:
+            return
+        decision = self.model.decision(X)
+        proba = self.model.proba(X)
+        for i, name, d, p in zip(idx, names, decision, proba):
+            results[i] = Prediction(source=name, label="face" if p >= self.threshold else "no_face",
+                                    score=float(p), decision=float(d))
+
+    def __repr__(self) -> str:
+        m = self.model.meta
+        return (f"FaceClassifier(backbone={m.get('backbone')!r}, kernel={m.get('kernel')!r}, "
+                f"path={str(self.path)!r})")

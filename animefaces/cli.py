@@ -1,0 +1,220 @@
+"""The command line: a thin layer over the Python API (parse, call, print).
+
+    animefaces backbones
+    animefaces extract --model vgg16 --data DIR_OR_MANIFEST
+    animefaces sweep --data DIR_OR_MANIFEST [--config paper]
+    animefaces predict FILES_OR_DIRS --model models/best [--format csv|json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import AnimeFacesError
+
+# Subcommands that live in their own modules (each has register(subparsers)).
+_PLUGIN_MODULES = ("cli_video", "cli_bench", "cli_report")
+
+
+def _weights_arg(values):
+    """``--weights PATH|random`` (all backbones) or ``--weights NAME=PATH`` (repeatable)."""
+    if not values:
+        return None
+    per, common = {}, None
+    for v in values:
+        if "=" in v:
+            name, path = v.split("=", 1)
+            per[name] = path
+        else:
+            common = v
+    if per and common is not None:
+        raise AnimeFacesError("--weights: give either one PATH|random for all backbones, or "
+                              "NAME=PATH pairs, not both")
+    return per or common
+
+
+def cmd_backbones(args) -> int:
+    from .backbones import get_backbone, list_backbones
+    from .errors import WeightsMismatchError, WeightsNotFoundError
+    from .weights import resolve_weights
+
+    print(f"{'name':<14}{'dim':>6}  {'weights':<10} description")
+    for name in list_backbones(include_test=args.all):
+        spec = get_backbone(name)
+        try:
+            status = resolve_weights(spec, download=False).source if spec.weights else "random only"
+        except (WeightsNotFoundError, WeightsMismatchError) as exc:
+            status = "missing" if isinstance(exc, WeightsNotFoundError) else "BAD FILE"
+        print(f"{name:<14}{spec.feature_dim:>6}  {status:<10} {spec.description}")
+        if args.verbose and status in ("missing", "BAD FILE") and spec.weights:
+            from .weights import missing_weights_message
+
+            print(f"{'':<22}fix: {missing_weights_message(spec)}")
+    return 0
+
+
+def cmd_extract(args) -> int:
+    from .sweep import extract_dataset
+
+    feats = extract_dataset(args.data, backbone=args.model, weights=args.weights,
+                            cache_dir=args.cache_dir, device=args.device, precision=args.precision,
+                            pooling=args.pooling, batch_size=args.batch_size,
+                            skip_bad=args.skip_bad, progress=not args.quiet)
+    m = feats.meta
+    print(f"{m['backbone']}: {len(feats.records)} images -> {feats.X.shape[1]}-d features "
+          f"({feats.computed} computed, {len(feats.records) - feats.computed} from the cache) in "
+          f"{feats.seconds:.1f}s; cache {args.cache_dir}/{m['backbone']}-{m['fingerprint'][:12]}"
+          + ("; RANDOM weights" if m["random_weights"] else ""))
+    if feats.bad:
+        print(f"{len(feats.bad)} unreadable image(s) left out:")
+        for p, reason in feats.bad:
+            print(f"  {p}: {reason}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from .sweep import run_sweep
+
+    backbones = [b.strip() for b in args.backbones.split(",")] if args.backbones else None
+    res = run_sweep(args.data, config=args.config, backbones=backbones,
+                    weights=_weights_arg(args.weights), device=args.device, out_dir=args.out,
+                    models_dir=args.models_dir, cache_dir=args.cache_dir,
+                    skip_bad=True if args.skip_bad else None, progress=not args.quiet)
+    print((res.run_dir / "report.md").read_text())
+    print(f"Reports: {res.run_dir}\nBest model: {res.best_model} (also models/best)")
+    return 0
+
+
+def cmd_predict(args) -> int:
+    from .api import FaceClassifier
+    from .datasets import records_from_paths
+
+    clf = FaceClassifier.load(args.model, device=args.device, threshold=args.threshold)
+    paths = records_from_paths(args.inputs)
+    preds = clf.predict_many(paths, on_error="report", progress=not args.quiet)
+    rows = [p.to_dict() for p in preds]
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=2)
+            out.write("\n")
+        elif args.format == "csv":
+            w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["source"], lineterminator="\n")
+            w.writeheader()
+            w.writerows(rows)
+        else:
+            for r in rows:
+                if r["label"] == "error":
+                    out.write(f"{r['source']}\terror\t{r['error']}\n")
+                else:
+                    out.write(f"{r['source']}\t{r['label']}\t{r['score']:.3f}\n")
+    finally:
+        if args.output:
+            out.close()
+    n_err = sum(r["label"] == "error" for r in rows)
+    if n_err:
+        print(f"{n_err} of {len(rows)} image(s) could not be read (label 'error' above)", file=sys.stderr)
+    return 1 if n_err else 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="animefaces",
+        description="Tell whether anime frames show a character's face: pretrained CNN features "
+                    "(cached on disk) + SVMs, after 'Detecting Faces in Animes Using Supervised "
+                    "Domain Adaptation'.")
+    p.add_argument("--version", action="version", version=f"animefaces {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    b = sub.add_parser("backbones", help="list backbones, feature sizes and whether weights are found")
+    b.add_argument("--all", action="store_true", help="include test-only backbones")
+    b.add_argument("-v", "--verbose", action="store_true", help="print the fix for missing weights")
+    b.set_defaults(func=cmd_backbones)
+
+    def add_feature_opts(sp):
+        sp.add_argument("--cache-dir", default=None if sp.prog.endswith("sweep") else "features",
+                        help="feature cache folder (default: features/)")
+        sp.add_argument("--device", default=None if sp.prog.endswith("sweep") else "auto",
+                        help="auto (CUDA if present), cpu, cuda, cuda:N")
+        sp.add_argument("--skip-bad", action="store_true",
+                        help="leave unreadable images out (listed in the output) instead of stopping")
+        sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+
+    e = sub.add_parser("extract", help="extract features for every image once, into the cache",
+                       description="Extract pooled CNN features for every image of a dataset into "
+                                   "the feature cache. Already cached images (by content hash) are "
+                                   "not recomputed; an interrupted run resumes.")
+    e.add_argument("--model", "--backbone", dest="model", default="mobilenet_v2",
+                   help="backbone name (see `animefaces backbones`; default mobilenet_v2)")
+    e.add_argument("--data", required=True, help="manifest CSV (path,label,split[,group]) or folder tree")
+    e.add_argument("--weights", default=None,
+                   help="weights file for the backbone, or 'random' (tests only)")
+    e.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
+    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    e.add_argument("--pooling", default="auto", choices=["auto", "max", "avg", "maxavg"],
+                   help="spatial pooling of the feature map (auto: the backbone's default)")
+    add_feature_opts(e)
+    e.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("sweep", help="train the SVM grid and write Table 1 / Table 2",
+                       description="Extract what is missing, fit the SVM grid for every backbone "
+                                   "whose weights are available, choose the best on val, save it "
+                                   "under models/ and write Table 1 / Table 2 (Markdown, CSV) and "
+                                   "results.json into a run folder under reports/.")
+    s.add_argument("--data", required=True, help="manifest CSV or folder tree")
+    s.add_argument("--config", default=None,
+                   help="TOML config, or a built-in name: default, paper (default: configs/default.toml)")
+    s.add_argument("--backbones", default=None, help="comma-separated backbones (overrides the config)")
+    s.add_argument("--weights", action="append", default=None, metavar="[NAME=]PATH|random",
+                   help="weights for all backbones, or NAME=PATH per backbone (repeatable)")
+    s.add_argument("--out", default=None, help="reports folder (default: reports/)")
+    s.add_argument("--models-dir", default=None, help="where the best model goes (default: models/)")
+    add_feature_opts(s)
+    s.set_defaults(func=cmd_sweep)
+
+    pr = sub.add_parser("predict", help="classify image files or folders with a trained model")
+    pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    pr.add_argument("--model", default=None, help="model saved by sweep (default: models/best)")
+    pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pr.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
+    pr.add_argument("--threshold", type=float, default=0.5, help="P(face) threshold (default 0.5)")
+    pr.add_argument("--device", default="auto")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)
+
+    for name in _PLUGIN_MODULES:
+        try:
+            mod = importlib.import_module(f".{name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__package__}.{name}":
+                continue
+            raise
+        mod.register(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except AnimeFacesError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: finished work is saved (features in the cache); run the same command "
+              "again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,168 @@
+"""Sweep configuration: plain TOML, validated (unknown keys and bad values are errors).
+
+The defaults live in ``configs/default.toml``; ``configs/paper.toml`` is the paper's grid.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+SCALINGS = ("l2", "standard", "none")
+KERNELS = ("linear", "rbf", "poly", "sigmoid")
+
+_SCHEMA = {
+    "features": {"backbones", "cache_dir", "device", "precision", "pooling", "batch_size", "skip_bad"},
+    "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "grid"},
+    "output": {"reports_dir", "models_dir"},
+}
+_GRID_KEYS = {"kernel", "C", "gamma", "degree", "coef0"}
+
+
+@dataclass
+class SweepConfig:
+    """A parsed, validated config. ``source`` is the file it came from."""
+
+    backbones: list[str] | str = "available"
+    cache_dir: str = "features"
+    device: str = "auto"
+    precision: str = "auto"
+    pooling: str = "auto"
+    batch_size: int = 0
+    skip_bad: bool = False
+    scaling: str = "l2"
+    cache_size: float = 2000
+    seed: int = 0
+    n_jobs: int = 0
+    select_on: str = "val"
+    grid: list[dict] = field(default_factory=list)
+    reports_dir: str = "reports"
+    models_dir: str = "models"
+    source: str = ""
+    raw: dict = field(default_factory=dict)
+
+    def kernel_rows(self) -> list[tuple[str, dict, list[dict]]]:
+        """Table rows: ``(row_name, fixed_params, [param dicts to choose from on val])``.
+
+        A row is one kernel (and degree, for polynomials); C / gamma / coef0 are tuned within it.
+        """
+        rows: dict[str, tuple[dict, list[dict]]] = {}
+        for entry in self.grid:
+            kernel = entry["kernel"]
+            degrees = entry.get("degree", [3]) if kernel == "poly" else [None]
+            for degree in degrees:
+                name = kernel if degree is None else f"poly-{degree}"
+                fixed = {"kernel": kernel} | ({} if degree is None else {"degree": degree})
+                tunable = {k: v for k, v in entry.items() if k not in ("kernel", "degree")}
+                keys = sorted(tunable)
+                combos = [dict(zip(keys, vals)) | fixed
+                          for vals in itertools.product(*(tunable[k] for k in keys))] or [fixed]
+                rows.setdefault(name, (fixed, []))[1].extend(combos)
+        return [(name, fixed, combos) for name, (fixed, combos) in rows.items()]
+
+
+def _as_list(value, key):
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(f"svm.grid: {key} is an empty list")
+        return value
+    return [value]
+
+
+def load_config(path: os.PathLike | str | None = None) -> SweepConfig:
+    """Read and validate a TOML config (default: ``configs/default.toml``).
+
+    ``path`` may also be a bare name such as ``paper`` (looked up in ``configs/``).
+
+    Raises:
+        ConfigError: missing file, TOML syntax, unknown key or bad value, named.
+    """
+    if path is None:
+        path = CONFIG_DIR / "default.toml"
+    path = Path(path)
+    if not path.exists() and not path.suffix and (CONFIG_DIR / f"{path}.toml").is_file():
+        path = CONFIG_DIR / f"{path}.toml"
+    if not path.is_file():
+        raise ConfigError(f"config {path}: no such file; built-in configs: "
+                          f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.toml')))}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config {path}: not valid TOML ({exc})") from None
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
+    """Validate a config given as a dict (same layout as the TOML)."""
+    from .backbones import list_backbones
+    from .extract import POOLINGS, PRECISIONS
+
+    unknown_sections = set(raw) - set(_SCHEMA)
+    if unknown_sections:
+        raise ConfigError(f"config {source}: unknown section(s) {', '.join(sorted(unknown_sections))}; "
+                          f"allowed: {', '.join(_SCHEMA)}")
+    flat = {}
+    for section, keys in _SCHEMA.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise ConfigError(f"config {source}: [{section}] must be a table")
+        bad = set(table) - keys
+        if bad:
+            raise ConfigError(f"config {source}: unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(bad))}; "
+                              f"allowed in [{section}]: {', '.join(sorted(keys))}")
+        flat.update(table)
+    cfg = SweepConfig(**{k: v for k, v in flat.items()}, source=source, raw=raw)
+
+    def choice(name, value, allowed):
+        if value not in allowed:
+            raise ConfigError(f"config {source}: {name} = {value!r}; choose one of: {', '.join(map(str, allowed))}")
+
+    known = list_backbones(include_test=True)
+    if isinstance(cfg.backbones, str):
+        cfg.backbones = "available" if cfg.backbones == "available" else [cfg.backbones]
+    if isinstance(cfg.backbones, list):
+        if not cfg.backbones:
+            raise ConfigError(f"config {source}: features.backbones is empty")
+        for b in cfg.backbones:
+            choice("features.backbones entry", b, known)
+    choice("features.precision", cfg.precision, PRECISIONS)
+    choice("features.pooling", cfg.pooling, POOLINGS)
+    choice("svm.scaling", cfg.scaling, SCALINGS)
+    choice("svm.select_on", cfg.select_on, ("val",))
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 0:
+        raise ConfigError(f"config {source}: features.batch_size = {cfg.batch_size!r}; use 0 (default) or a positive integer")
+    if not isinstance(cfg.n_jobs, int) or cfg.n_jobs < -1:
+        raise ConfigError(f"config {source}: svm.n_jobs = {cfg.n_jobs!r}; use 0 (one per core), -1 or a positive integer")
+    if not cfg.grid:
+        raise ConfigError(f"config {source}: svm.grid is empty; add at least one [[svm.grid]] table")
+    grid = []
+    for i, entry in enumerate(cfg.grid):
+        bad = set(entry) - _GRID_KEYS
+        if bad:
+            raise ConfigError(f"config {source}: svm.grid[{i}]: unknown key(s) {', '.join(sorted(bad))}; "
+                              f"allowed: {', '.join(sorted(_GRID_KEYS))}")
+        if "kernel" not in entry:
+            raise ConfigError(f"config {source}: svm.grid[{i}] has no kernel; choose one of: {', '.join(KERNELS)}")
+        choice(f"svm.grid[{i}].kernel", entry["kernel"], KERNELS)
+        e = {"kernel": entry["kernel"]}
+        for k in ("C", "gamma", "degree", "coef0"):
+            if k in entry:
+                e[k] = _as_list(entry[k], k)
+        for c in e.get("C", []):
+            if not isinstance(c, (int, float)) or c <= 0:
+                raise ConfigError(f"config {source}: svm.grid[{i}].C = {c!r}; must be a positive number")
+        for d in e.get("degree", []):
+            if not isinstance(d, int) or d < 1:
+                raise ConfigError(f"config {source}: svm.grid[{i}].degree = {d!r}; must be a positive integer")
+        for g in e.get("gamma", []):
+            if not (g in ("scale", "auto") or (isinstance(g, (int, float)) and g > 0)):
+                raise ConfigError(f"config {source}: svm.grid[{i}].gamma = {g!r}; use 'scale', 'auto' or a positive number")
+        grid.append(e)
+    cfg.grid = grid
+    return cfg

@@ -1,0 +1,137 @@
+"""Table 1 / Table 2 and the other sweep outputs, as Markdown, CSV and JSON.
+
+Table 1: train / val / test accuracy per backbone x kernel (test = same anime as training, the
+paper's "derivative" set). Table 2: accuracy on the "distinct" split (anime never seen in
+training) per backbone x kernel. Each cell uses the C (and gamma) chosen on val for that row.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from .cache import atomic_write_bytes, atomic_write_json
+
+SPLITS = ("train", "val", "test", "distinct")
+
+
+def _fmt(x) -> str:
+    return "" if x is None else f"{x:.3f}"
+
+
+def _params_str(params: dict) -> str:
+    return " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("kernel", "degree"))
+
+
+def table_rows(results: dict) -> list[dict]:
+    """One dict per (backbone, kernel) with the selected params and each split's accuracy."""
+    rows = []
+    for f in results["fits"]:
+        if not f["selected"]:
+            continue
+        info = results["backbones"][f["backbone"]]
+        rows.append({"backbone": f["backbone"], "kernel": f["kernel"],
+                     "params": _params_str(f["params"]),
+                     "random_weights": bool(info.get("random_weights")),
+                     **{s: f["accuracy"].get(s) for s in SPLITS},
+                     "flags": list(f.get("flags", []))})
+    return rows
+
+
+def _csv(rows: list[dict], columns: list[str]) -> bytes:
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=columns, extrasaction="ignore", lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({c: (_fmt(r[c]) if isinstance(r.get(c), float) else r.get(c, "")) for c in columns})
+    return buf.getvalue().encode()
+
+
+def _name(r: dict) -> str:
+    return r["backbone"] + (" (random weights)" if r["random_weights"] else "")
+
+
+def _mark(r: dict, split: str, best: dict) -> str:
+    cell = _fmt(r.get(split))
+    if best and r["backbone"] == best["backbone"] and r["kernel"] == best["kernel"]:
+        cell = f"**{cell}**"
+    return cell
+
+
+def table1_markdown(results: dict) -> str:
+    rows = table_rows(results)
+    best = results.get("best") or {}
+    lines = ["| backbone | kernel | params (chosen on val) | train | val | test |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        flag = " " + " ".join(r["flags"]) if r["flags"] else ""
+        lines.append(f"| {_name(r)} | {r['kernel']}{flag} | {r['params']} | {_mark(r, 'train', best)} "
+                     f"| {_mark(r, 'val', best)} | {_mark(r, 'test', best)} |")
+    return "\n".join(lines)
+
+
+def table2_markdown(results: dict) -> str:
+    rows = table_rows(results)
+    best = results.get("best") or {}
+    backbones = list(dict.fromkeys(_name(r) for r in rows))
+    kernels = list(dict.fromkeys(r["kernel"] for r in rows))
+    cell = {(_name(r), r["kernel"]): _mark(r, "distinct", best) for r in rows}
+    lines = ["| kernel | " + " | ".join(backbones) + " |", "|---" * (len(backbones) + 1) + "|"]
+    for k in kernels:
+        lines.append(f"| {k} | " + " | ".join(cell.get((b, k), "") or "n/a" for b in backbones) + " |")
+    return "\n".join(lines)
+
+
+def summary_markdown(results: dict) -> str:
+    best = results.get("best") or {}
+    data = results["data"]
+    out = [f"# animefaces sweep {results['run_id']}", "",
+           f"- data: `{data['source']}` ({', '.join(f'{s}: ' + ', '.join(f'{k} {v}' for k, v in c.items()) for s, c in data['counts'].items())})",
+           f"- config: `{results['config_source']}`; feature scaling: **{results['scaling']}**",
+           f"- best on val (never test): **{best.get('backbone')} {best.get('kernel')}** "
+           f"({_params_str(best.get('params', {}))}) -> "
+           + ", ".join(f"{s} {_fmt(a)}" for s, a in best.get("accuracy", {}).items()),
+           f"- model: `{best.get('model')}`",
+           f"- time: extract {results['timings']['extract_seconds']:.1f} s, "
+           f"SVM fits {results['timings']['fit_seconds']:.1f} s, total {results['timings'].get('total_seconds', 0):.1f} s"]
+    for note in data.get("notes", []):
+        out.append(f"- note: {note}")
+    skipped = {n: i for n, i in results["backbones"].items() if i["status"] != "ok"}
+    random_rows = [n for n, i in results["backbones"].items() if i.get("random_weights")]
+    if random_rows:
+        out.append(f"- **random weights** (explicit --weights random, for tests only): {', '.join(random_rows)}")
+    out += ["", "## Table 1: accuracy on train / val / test (derivative: same anime as training)", "",
+            table1_markdown(results), ""]
+    if any("distinct" in f["accuracy"] for f in results["fits"]):
+        out += ["## Table 2: accuracy on the distinct set (anime never seen in training)", "",
+                table2_markdown(results), ""]
+    if skipped:
+        out += ["## Skipped backbones", ""]
+        out += [f"- **{n}**: {i['reason']}" for n, i in skipped.items()]
+        out.append("")
+    footnotes = results.get("footnotes") or []
+    if footnotes:
+        out += ["## Notes", ""] + [f"- {f}" for f in footnotes] + [""]
+    if results.get("bad_files"):
+        out += ["## Images left out (--skip-bad)", ""]
+        out += [f"- `{b['path']}`: {b['reason']}" for b in results["bad_files"]]
+        out.append("")
+    return "\n".join(out)
+
+
+def write_reports(results: dict, run_dir: Path) -> None:
+    """Write results.json, report.md, table1.{md,csv}, table2.{md,csv} (and bad_files.csv)."""
+    run_dir = Path(run_dir)
+    rows = table_rows(results)
+    atomic_write_json(run_dir / "results.json", results)
+    atomic_write_bytes(run_dir / "table1.md", (table1_markdown(results) + "\n").encode())
+    atomic_write_bytes(run_dir / "table1.csv", _csv(rows, ["backbone", "kernel", "params", "random_weights",
+                                                           "train", "val", "test"]))
+    if any(r.get("distinct") is not None for r in rows):
+        atomic_write_bytes(run_dir / "table2.md", (table2_markdown(results) + "\n").encode())
+        atomic_write_bytes(run_dir / "table2.csv", _csv(rows, ["backbone", "kernel", "params",
+                                                               "random_weights", "distinct"]))
+    if results.get("bad_files"):
+        atomic_write_bytes(run_dir / "bad_files.csv", _csv(results["bad_files"], ["path", "reason"]))
+    atomic_write_bytes(run_dir / "report.md", summary_markdown(results).encode())

@@ -1,0 +1,238 @@
+"""SVM grids on cached features: build, fit (in parallel), score, and persist classifiers.
+
+Scaling (``l2`` / ``standard`` / ``none``) is part of the saved pipeline, so a loaded model applies
+exactly what it was trained with. Scores are turned into P(face) by a sigmoid fitted on the
+validation split (Platt scaling), never on test data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AnimeFacesError, ModelMismatchError
+
+MODEL_FORMAT = "animefaces-svm/1"
+
+
+def make_pipeline(params: dict, *, scaling: str = "l2", cache_size: float = 2000, seed: int = 0):
+    """An unfitted ``Pipeline(scale, SVC)`` for one parameter set (e.g. ``{"kernel": "rbf", "C": 1}``)."""
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import Normalizer, StandardScaler
+    from sklearn.svm import SVC
+
+    scaler = {"l2": Normalizer(norm="l2"), "standard": StandardScaler(), "none": "passthrough"}[scaling]
+    svc = SVC(**params, cache_size=cache_size, random_state=seed, class_weight=None)
+    return Pipeline([("scale", scaler), ("svm", svc)])
+
+
+@dataclass
+class FitResult:
+    """One fitted parameter set and its accuracy on each split."""
+
+    row: str
+    params: dict
+    accuracy: dict[str, float]
+    fit_seconds: float
+    predict_seconds: float
+    pipeline: object = field(repr=False, default=None)
+    positive_rate: dict[str, float] = field(default_factory=dict)
+
+
+def _fit_one(row, params, X, y, scaling, cache_size, seed):
+    import warnings
+
+    pipe = make_pipeline(params, scaling=scaling, cache_size=cache_size, seed=seed)
+    t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ConvergenceWarning: reported via accuracy instead
+        pipe.fit(X["train"], y["train"])
+    t1 = time.perf_counter()
+    acc, pos = {}, {}
+    for split in X:
+        if len(X[split]):
+            pred = pipe.predict(X[split])
+            acc[split] = float(np.mean(pred == y[split]))
+            pos[split] = float(np.mean(pred == 1))
+    t2 = time.perf_counter()
+    return FitResult(row=row, params=params, accuracy=acc, fit_seconds=t1 - t0,
+                     predict_seconds=t2 - t1, pipeline=pipe, positive_rate=pos)
+
+
+def fit_grid(X: dict[str, np.ndarray], y: dict[str, np.ndarray], rows, *, scaling="l2",
+             cache_size=2000, seed=0, n_jobs=0) -> list[FitResult]:
+    """Fit every parameter set of every row on ``X["train"]`` and score every split.
+
+    Args:
+        X: {split: (n, d) float32}; must contain ``train`` and ``val``.
+        y: {split: (n,) int} with 1 = face.
+        rows: ``SweepConfig.kernel_rows()``.
+        n_jobs: parallel fits (0 = one per CPU core). libsvm is single-threaded, so the grid
+            is spread over cores with joblib.
+    """
+    from joblib import Parallel, delayed
+
+    jobs = [(row, p) for row, _fixed, combos in rows for p in combos]
+    n = (os.cpu_count() or 1) if n_jobs == 0 else n_jobs
+    # Slow fits (high-degree polynomials) first, so the pool does not end on a straggler.
+    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1].get("degree", 1))
+    out = Parallel(n_jobs=min(n, len(jobs)), prefer="processes")(
+        delayed(_fit_one)(jobs[i][0], jobs[i][1], X, y, scaling, cache_size, seed) for i in order)
+    back = [None] * len(jobs)
+    for i, res in zip(order, out):
+        back[i] = res
+    return back
+
+
+def select_per_row(results: list[FitResult], *, on: str = "val") -> dict[str, FitResult]:
+    """The best parameter set of each row by accuracy on ``on`` (first wins ties: config order)."""
+    best: dict[str, FitResult] = {}
+    for r in results:
+        cur = best.get(r.row)
+        if cur is None or r.accuracy.get(on, -1) > cur.accuracy.get(on, -1):
+            best[r.row] = r
+    return best
+
+
+def platt_fit(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Sigmoid ``P = 1 / (1 + exp(a*s + b))`` fitted to decision scores (Platt 1999, with his
+    target smoothing) by logistic regression. Returns (a, b)."""
+    from sklearn.linear_model import LogisticRegression
+
+    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    # Fit with soft targets: duplicate each sample with weights t and 1 - t.
+    s = np.concatenate([scores, scores]).reshape(-1, 1)
+    lab = np.concatenate([np.ones_like(y), np.zeros_like(y)])
+    w = np.concatenate([t, 1 - t])
+    lr = LogisticRegression(C=1e6, max_iter=1000).fit(s, lab, sample_weight=w)
+    return float(-lr.coef_[0, 0]), float(-lr.intercept_[0])
+
+
+def platt_apply(scores: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
+    a, b = ab
+    z = np.clip(a * np.asarray(scores, np.float64) + b, -500, 500)
+    return 1.0 / (1.0 + np.exp(z))
+
+
+@dataclass
+class TrainedModel:
+    """A fitted pipeline plus what it needs at prediction time.
+
+    Attributes:
+        pipeline: sklearn ``Pipeline(scale, SVC)``; classes are 0 (no_face) and 1 (face).
+        platt: (a, b) of the score-to-probability sigmoid (fitted on val).
+        meta: backbone / features / params / metrics / versions (saved as JSON beside the model).
+    """
+
+    pipeline: object
+    platt: tuple[float, float]
+    meta: dict
+    extras: dict = field(default_factory=dict)
+
+    def decision(self, X: np.ndarray) -> np.ndarray:
+        return self.pipeline.decision_function(X)
+
+    def proba(self, X: np.ndarray) -> np.ndarray:
+        """P(face) per row, (n,) float64."""
+        return platt_apply(self.decision(X), self.platt)
+
+
+def _versions() -> dict:
+    import platform
+
+    import joblib
+    import sklearn
+
+    from . import __version__
+
+    out = {"animefaces": __version__, "scikit-learn": sklearn.__version__, "joblib": joblib.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    try:
+        import torch
+
+        out["torch"] = torch.__version__
+    except ImportError:
+        pass
+    return out
+
+
+def save_model(model: TrainedModel, path: os.PathLike) -> Path:
+    """Write ``PATH.joblib`` and ``PATH.json`` atomically; returns the .joblib path.
+
+    The JSON carries the model file's sha256, checked on load.
+    """
+    import io
+
+    import joblib
+
+    from .cache import atomic_write_bytes, atomic_write_json
+    from .weights import sha256_file
+
+    path = Path(path)
+    if path.suffix == ".joblib":
+        path = path.with_suffix("")
+    buf = io.BytesIO()
+    joblib.dump({"format": MODEL_FORMAT, "pipeline": model.pipeline, "platt": model.platt,
+                 "extras": model.extras}, buf)
+    model_file = path.with_suffix(".joblib")
+    atomic_write_bytes(model_file, buf.getvalue())
+    meta = dict(model.meta, format=MODEL_FORMAT, versions=_versions(),
+                model_file=model_file.name, model_sha256=sha256_file(model_file))
+    atomic_write_json(path.with_suffix(".json"), meta)
+    model.meta = meta
+    return model_file
+
+
+def resolve_model_path(path: os.PathLike | str) -> Path:
+    """Accept ``models/best``, ``models/best.joblib``, ``models/best.json`` or a folder holding
+    ``best.joblib``; return the .joblib path."""
+    p = Path(path).expanduser()
+    candidates = [p] if p.suffix == ".joblib" else []
+    candidates += [p.with_suffix(".joblib"), Path(str(p) + ".joblib"), p / "best.joblib"]
+    for c in candidates:
+        if c.is_file():
+            return c
+    raise AnimeFacesError(f"no model at {path}: expected {p.with_suffix('.joblib')} (+ .json), "
+                          f"as written by `animefaces sweep` into models/")
+
+
+def load_model(path: os.PathLike | str, *, trust: bool = True) -> TrainedModel:
+    """Load a model saved by :func:`save_model`, checking its sha256 against the JSON.
+
+    Model files are pickles (joblib): loading one can run code. Load only files you trust.
+
+    Raises:
+        AnimeFacesError / ModelMismatchError: missing files, a changed model file, a wrong format.
+    """
+    import joblib
+
+    from .weights import sha256_file
+
+    model_file = resolve_model_path(path)
+    meta_file = model_file.with_suffix(".json")
+    if not meta_file.is_file():
+        raise AnimeFacesError(f"model {model_file} has no metadata file {meta_file.name} beside it; "
+                              f"it is needed to check what the model was trained on")
+    try:
+        meta = json.loads(meta_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise AnimeFacesError(f"model metadata {meta_file} is not valid JSON ({exc})") from None
+    digest = sha256_file(model_file)
+    if meta.get("model_sha256") != digest:
+        raise ModelMismatchError(f"model file {model_file} has sha256 {digest[:16]}..., but "
+                                 f"{meta_file.name} says {str(meta.get('model_sha256'))[:16]}...: "
+                                 f"the file was changed or damaged; retrain or restore it")
+    try:
+        blob = joblib.load(model_file)
+    except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything
+        raise AnimeFacesError(f"cannot load model {model_file}: {exc}") from None
+    if not isinstance(blob, dict) or blob.get("format") != MODEL_FORMAT:
+        raise AnimeFacesError(f"{model_file} is not an animefaces model ({MODEL_FORMAT})")
+    return TrainedModel(pipeline=blob["pipeline"], platt=tuple(blob["platt"]), meta=meta,
+                        extras=blob.get("extras", {}))

@@ -1,0 +1,244 @@
+"""The sweep: extract (through the cache) -> fit the SVM grid -> choose on val -> save -> report.
+
+This module only orchestrates; extraction, fitting and writing tables live in their own modules.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from .config import SweepConfig, load_config
+from .datasets import Dataset, Record, load_dataset
+from .errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
+
+POSITIVE = "face"
+
+
+@dataclass
+class ExtractedFeatures:
+    """Features of a dataset's readable images, in record order.
+
+    Attributes:
+        records: the records that have features (unreadable ones are in ``bad``).
+        X: (len(records), d) float32.
+        bad: ``[(path, reason)]`` of images left out (only with skip_bad).
+        meta: the extractor's description (backbone, weights, fingerprint...).
+        seconds: wall time of the extraction step (hashing, cache lookup, forward passes).
+        computed: how many images needed a forward pass (0 when everything was cached).
+    """
+
+    records: list[Record]
+    X: np.ndarray
+    bad: list[tuple[Path, str]]
+    meta: dict
+    seconds: float
+    computed: int = 0
+
+
+def make_extractor(backbone: str, *, weights=None, device="auto", precision="auto",
+                   pooling="auto", batch_size=None):
+    from .extract import FeatureExtractor
+
+    return FeatureExtractor(backbone, weights=weights, device=device, precision=precision,
+                            pooling=pooling, batch_size=batch_size or None)
+
+
+def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
+                    cache_dir: os.PathLike | str = "features", device: str = "auto",
+                    precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
+                    skip_bad: bool = False, progress: bool = True, extractor=None,
+                    labels=("face", "no_face")) -> ExtractedFeatures:
+    """Extract (or load from the cache) features for every image of a dataset.
+
+    Args:
+        data: a :class:`Dataset`, a manifest CSV or a folder tree.
+        backbone, weights, device, precision, pooling, batch_size: see :class:`FeatureExtractor`.
+        cache_dir: feature cache root.
+        skip_bad: leave unreadable images out (listed in ``bad``) instead of stopping.
+    """
+    from .cache import FeatureCache
+
+    ds = data if isinstance(data, Dataset) else load_dataset(data, labels=labels)
+    fx = extractor or make_extractor(backbone, weights=weights, device=device, precision=precision,
+                                     pooling=pooling, batch_size=batch_size)
+    cache = FeatureCache(cache_dir, fx.fingerprint, meta=fx.describe(), name=fx.spec.name)
+    t0 = time.perf_counter()
+    before = len(cache)
+    X, keys, bad = fx.extract_files([r.path for r in ds.records], cache=cache, skip_bad=skip_bad,
+                                    progress=progress)
+    computed = len(cache) - before
+    if computed >= 512:
+        cache.compact()
+    bad_paths = {p for p, _ in bad}
+    records = [r for r in ds.records if r.path not in bad_paths]
+    return ExtractedFeatures(records=records, X=X, bad=bad, meta=fx.describe(),
+                             seconds=time.perf_counter() - t0, computed=computed)
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    best_model: Path | None
+    results: dict = field(repr=False, default_factory=dict)
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def _backbones_to_run(cfg: SweepConfig, override) -> list[str]:
+    from .backbones import list_backbones
+
+    if override:
+        return list(override)
+    if cfg.backbones == "available":
+        return list_backbones()
+    return list(cfg.backbones)
+
+
+def _new_run_dir(root: Path, stem: str) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = root / f"{stamp}-{stem}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = root / f"{stamp}-{stem}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
+              backbones: list[str] | None = None, weights: dict[str, str] | str | None = None,
+              device: str | None = None, out_dir: os.PathLike | None = None,
+              models_dir: os.PathLike | None = None, cache_dir: os.PathLike | None = None,
+              skip_bad: bool | None = None, progress: bool = True) -> SweepResult:
+    """Run the whole method on a dataset and write Table 1 / Table 2.
+
+    Args:
+        data: manifest CSV or folder tree with train and val (test / distinct optional; data
+            without splits gets a seeded stratified 60/20/20 split, noted in the report).
+        config: a :class:`SweepConfig`, a TOML path, a built-in name (``paper``) or None (default).
+        backbones: override the config's backbone list.
+        weights: ``{backbone: path_or_"random"}``, or one value for every backbone.
+        device, cache_dir, skip_bad: override the config.
+        out_dir: reports root (default: the config's ``reports_dir``); a run folder is made in it.
+        models_dir: where the best model is saved (default: the config's ``models_dir``).
+
+    Returns:
+        :class:`SweepResult` with the run folder and the best model's path.
+    """
+    from . import __version__
+    from .report import write_reports
+    from .svm import TrainedModel, fit_grid, platt_fit, save_model, select_per_row, _versions
+
+    t_start = time.perf_counter()
+    cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    device = device or cfg.device
+    cache_dir = Path(cache_dir or cfg.cache_dir)
+    skip_bad = cfg.skip_bad if skip_bad is None else skip_bad
+    ds = load_dataset(data, require_splits=True, seed=cfg.seed)
+    for needed in ("train", "val"):
+        if needed not in ds.splits:
+            raise AnimeFacesError(f"{ds.source}: no {needed!r} split; the sweep trains on train and "
+                                  f"chooses models on val (splits found: {', '.join(ds.splits)})")
+    names = _backbones_to_run(cfg, backbones)
+    rows = cfg.kernel_rows()
+    run_dir = _new_run_dir(Path(out_dir or cfg.reports_dir), Path(cfg.source).stem or "sweep")
+    _log(f"[sweep] data {ds.source}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in ds.counts().items())
+         + f"; run folder {run_dir}", progress)
+
+    backbone_info: dict[str, dict] = {}
+    fits: list[dict] = []
+    bad_files: dict[str, str] = {}
+    candidates = []  # (val_acc, order, backbone, FitResult, features)
+    extract_seconds = fit_seconds = 0.0
+    for b_index, name in enumerate(names):
+        w = weights.get(name) if isinstance(weights, dict) else weights
+        try:
+            fx = make_extractor(name, weights=w, device=device, precision=cfg.precision,
+                                pooling=cfg.pooling, batch_size=cfg.batch_size)
+        except (WeightsNotFoundError, WeightsMismatchError) as exc:
+            backbone_info[name] = {"status": "skipped", "reason": str(exc)}
+            _log(f"[sweep] skip {name}: {exc}", progress)
+            continue
+        feats = extract_dataset(ds, extractor=fx, cache_dir=cache_dir, skip_bad=skip_bad,
+                                progress=progress)
+        extract_seconds += feats.seconds
+        for p, reason in feats.bad:
+            bad_files[str(p)] = reason
+        y_all = np.array([r.label == POSITIVE for r in feats.records], dtype=np.int64)
+        split_of = np.array([r.split for r in feats.records])
+        X = {s: feats.X[split_of == s] for s in ds.splits}
+        y = {s: y_all[split_of == s] for s in ds.splits}
+        _log(f"[sweep] {name}: features {feats.X.shape[1]}-d for {len(feats.records)} images in "
+             f"{feats.seconds:.1f}s ({feats.computed} computed, the rest from the cache); "
+             f"fitting {sum(len(c) for _, _, c in rows)} SVMs", progress)
+        t0 = time.perf_counter()
+        results = fit_grid(X, y, rows, scaling=cfg.scaling, cache_size=cfg.cache_size,
+                           seed=cfg.seed, n_jobs=cfg.n_jobs)
+        fit_seconds += time.perf_counter() - t0
+        best_rows = select_per_row(results, on=cfg.select_on)
+        backbone_info[name] = {"status": "ok", "features": feats.meta,
+                               "extract_seconds": round(feats.seconds, 3),
+                               "computed": feats.computed, "n_images": len(feats.records),
+                               "n_bad": len(feats.bad),
+                               "random_weights": feats.meta["random_weights"]}
+        for r in results:
+            fits.append({"backbone": name, "kernel": r.row, "params": r.params,
+                         "accuracy": r.accuracy, "positive_rate": r.positive_rate,
+                         "fit_seconds": round(r.fit_seconds, 4),
+                         "selected": best_rows[r.row] is r})
+        for row_name, r in best_rows.items():
+            candidates.append((r.accuracy[cfg.select_on], -len(candidates), name, r, X, y, feats))
+
+    if not candidates:
+        raise AnimeFacesError("no backbone could run: " + "; ".join(
+            f"{n}: {i['reason']}" for n, i in backbone_info.items()))
+
+    # Best model on val only; ties keep the earlier backbone / row (config order).
+    _val, _o, best_name, best, X, y, feats = max(candidates, key=lambda c: (c[0], c[1]))
+    platt = platt_fit(best.pipeline.decision_function(X["val"]), y["val"])
+    run_id = run_dir.name
+    model_meta = {
+        "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
+        "scaling": cfg.scaling, "features": feats.meta, "accuracy": best.accuracy,
+        "selected_on": cfg.select_on, "labels": {"1": "face", "0": "no_face"},
+        "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    model = TrainedModel(pipeline=best.pipeline, platt=platt, meta=model_meta)
+    models_root = Path(models_dir or cfg.models_dir)
+    model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
+    best_path = save_model(model, models_root / "best")
+    results_doc = {
+        "run_id": run_id,
+        "created": model_meta["created"],
+        "config_source": cfg.source,
+        "config": cfg.raw,
+        "scaling": cfg.scaling,
+        "data": {"source": ds.source, "layout": ds.layout, "counts": ds.counts(), "notes": ds.notes},
+        "backbones": backbone_info,
+        "kernels": [r for r, _, _ in rows],
+        "fits": fits,
+        "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
+                 "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
+                 "platt": list(platt)},
+        "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
+        "timings": {"extract_seconds": round(extract_seconds, 3),
+                    "fit_seconds": round(fit_seconds, 3)},
+        "versions": dict(_versions(), animefaces=__version__),
+    }
+    results_doc["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    write_reports(results_doc, run_dir)
+    _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
+         + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
+         + f"; model {model_path}", progress)
+    return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
