@@ -1,0 +1,192 @@
+"""Benchmark frame sampling: 1 frame a second (and other modes) vs decoding every frame.
+
+Makes a synthetic 1280x720 H.264 video with PyAV (default 60 s, 24 fps, one key frame every
+240 frames, as TV anime encodes often have) unless --video names a real file, then times:
+
+* ``decode_all``: decode every frame, convert none (the floor for any sequential strategy);
+* ``decode_all_rgb``: decode every frame and convert each to a PIL image (a naive extractor);
+* ``fps1_sequential`` / ``fps1_auto`` / ``fps1_seek_always``: ``sample_frames(fps=1)`` with
+  ``seek="never"``, ``"auto"`` (the default) and ``"always"``;
+* ``keyframes_only``: ``sample_frames(fps=None, keyframes=True)`` (``skip_frame="NONKEY"``);
+* ``keyframes_fps1``: ``sample_frames(fps=1, keyframes=True)`` (GochiUsa_Faces mode);
+* ``sparse_sequential`` / ``sparse_auto``: one frame every ``--sparse-step`` seconds.
+
+Each is the median of ``--repeats`` runs. ``video_fps`` is video frames covered per wall-clock
+second (the video's frame count / time), ``realtime_x`` video seconds per wall second. Every
+seeking strategy is checked against sequential decoding (same timestamps, same pixels).
+
+    python benchmarks/bench_video.py --out reports/bench_video.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from animefaces.video import probe_video, sample_frames  # noqa: E402
+
+
+def make_video(path: Path, *, seconds: float, fps: int, gop: int, width: int, height: int) -> None:
+    """Moving shapes over a gradient, so motion compensation has real work to do."""
+    import av
+
+    n = int(round(seconds * fps))
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=fps, options={
+            "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "preset": "veryfast",
+            "crf": "23"})
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        yy, xx = np.mgrid[0:height, 0:width]
+        base = np.stack([(xx * 255 // width), (yy * 255 // height),
+                         ((xx + yy) * 255 // (width + height))], axis=-1).astype(np.uint8)
+        rng = np.random.default_rng(0)
+        noise = rng.integers(0, 24, size=(height, width, 3), dtype=np.uint8)
+        for i in range(n):
+            img = base.copy()
+            img += noise
+            shot = i // (fps * 4)  # a new "shot" every 4 s
+            img[:, :, shot % 3] //= 2
+            for k in range(4):
+                cx = int((i * (3 + k) + k * 200) % (width - 160))
+                cy = int((k * 150 + 40 * np.sin(i / (10 + k))) % (height - 160)) + 20
+                img[cy:cy + 120, cx:cx + 140] = ((k * 70 + shot * 40) % 256, 200 - k * 40, 90)
+            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+            for p in stream.encode(frame):
+                out.mux(p)
+        for p in stream.encode():
+            out.mux(p)
+
+
+def decode_all(path: Path, *, to_rgb: bool) -> int:
+    import av
+
+    n = 0
+    with av.open(str(path)) as c:
+        for frame in c.decode(c.streams.video[0]):
+            if to_rgb:
+                frame.to_image()
+            n += 1
+    return n
+
+
+def timed(fn, repeats: int):
+    times, result = [], None
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), times, result
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--video", type=Path, help="benchmark this file instead of a synthetic one")
+    ap.add_argument("--seconds", type=float, default=60.0)
+    ap.add_argument("--fps", type=int, default=24, help="frame rate of the synthetic video")
+    ap.add_argument("--gop", type=int, default=240, help="key frame interval in frames")
+    ap.add_argument("--size", default="1280x720")
+    ap.add_argument("--sparse-step", type=float, default=20.0,
+                    help="seconds between samples for the sparse strategies")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path("reports/bench_video.json"))
+    args = ap.parse_args(argv)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.video:
+            video = args.video
+            made = None
+        else:
+            w, h = (int(v) for v in args.size.lower().split("x"))
+            video = Path(tmp) / "synthetic.mp4"
+            t0 = time.perf_counter()
+            make_video(video, seconds=args.seconds, fps=args.fps, gop=args.gop, width=w, height=h)
+            made = {"seconds": args.seconds, "fps": args.fps, "gop": args.gop, "size": args.size,
+                    "codec": "libx264 veryfast crf 23", "encode_s": round(time.perf_counter() - t0, 2),
+                    "bytes": video.stat().st_size}
+        info = probe_video(video)
+        n_frames = decode_all(video, to_rgb=False)
+        duration = info.duration_s or n_frames / (info.average_fps or 24)
+
+        def sampler(**kw):
+            return lambda: [(f.time_s, f.frame_type, f.image) for f in sample_frames(video, **kw)]
+
+        strategies = {
+            "decode_all": lambda: decode_all(video, to_rgb=False),
+            "decode_all_rgb": lambda: decode_all(video, to_rgb=True),
+            "fps1_sequential": sampler(fps=1, seek="never"),
+            "fps1_auto": sampler(fps=1, seek="auto"),
+            "fps1_seek_always": sampler(fps=1, seek="always"),
+            "keyframes_only": sampler(fps=None, keyframes=True),
+            "keyframes_fps1": sampler(fps=1, keyframes=True),
+            "sparse_sequential": sampler(fps=1 / args.sparse_step, seek="never"),
+            "sparse_auto": sampler(fps=1 / args.sparse_step, seek="auto"),
+            "sparse_seek_always": sampler(fps=1 / args.sparse_step, seek="always"),
+        }
+        results, outputs = {}, {}
+        for name, fn in strategies.items():
+            med, runs, out = timed(fn, args.repeats)
+            outputs[name] = out
+            sampled = out if isinstance(out, int) else len(out)
+            results[name] = {"median_s": round(med, 4), "runs_s": [round(t, 4) for t in runs],
+                             "frames_out": sampled, "video_fps": round(n_frames / med, 1),
+                             "realtime_x": round(duration / med, 1)}
+            print(f"{name:20s} {med:7.3f} s  {n_frames / med:8.1f} video frames/s  "
+                  f"{duration / med:6.1f}x real time  {sampled:5d} frames out", flush=True)
+
+        def same(a, b):
+            return len(a) == len(b) and all(
+                abs(x[0] - y[0]) < 1e-6 and x[1] == y[1] and
+                np.array_equal(np.asarray(x[2]), np.asarray(y[2])) for x, y in zip(a, b))
+
+        checks = {
+            "fps1_auto_equals_sequential": same(outputs["fps1_auto"], outputs["fps1_sequential"]),
+            "fps1_seek_always_equals_sequential": same(outputs["fps1_seek_always"],
+                                                       outputs["fps1_sequential"]),
+            "sparse_auto_equals_sequential": same(outputs["sparse_auto"],
+                                                  outputs["sparse_sequential"]),
+            "sparse_seek_always_equals_sequential": same(outputs["sparse_seek_always"],
+                                                         outputs["sparse_sequential"]),
+        }
+        for k, v in checks.items():
+            print(f"check {k}: {'ok' if v else 'MISMATCH'}")
+
+    report = {
+        "benchmark": "bench_video",
+        "video": made or {"path": str(args.video)},
+        "video_info": {"frames": n_frames, "duration_s": duration, "codec": info.codec,
+                       "size": f"{info.width}x{info.height}", "average_fps": info.average_fps},
+        "sparse_step_s": args.sparse_step,
+        "repeats": args.repeats,
+        "results": results,
+        "checks": checks,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                    "python": platform.python_version()},
+        "versions": _versions(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return 0 if all(checks.values()) else 1
+
+
+def _versions():
+    import av
+
+    return {"av": av.__version__,
+            "libavcodec": ".".join(map(str, av.library_versions["libavcodec"]))}
+
+
+if __name__ == "__main__":
+    sys.exit(main())
