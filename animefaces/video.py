@@ -668,8 +668,7 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     csv_path = out / "manifest.csv"
-    if csv_path.exists():  # fail before the long decode, not after it
-        write_manifest_check(csv_path)
+    write_manifest_check(csv_path, kind="frames")  # fail before the long decode, not after
     t0 = time.perf_counter()
     summary = ExtractSummary(out_dir=out, manifest=csv_path)
     rows: list[dict] = []
@@ -713,8 +712,11 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
     return summary
 
 
-def write_manifest_check(csv_path: Path) -> None:
-    """Raise :class:`ConfigError` now if ``csv_path`` exists but is not a manifest we can merge."""
+def write_manifest_check(csv_path: Path, *, kind: str = "frames") -> None:
+    """Raise :class:`ConfigError` now if ``csv_path`` exists but is not a manifest of ``kind``
+    (``"frames"`` or ``"crops"``) that a new run may merge into."""
+    if not csv_path.exists():
+        return
     try:
         with open(csv_path, newline="", encoding="utf-8") as f:
             header = next(csv.reader(f), [])
@@ -724,3 +726,8 @@ def write_manifest_check(csv_path: Path) -> None:
     if "path" not in header:
         raise ConfigError(f"{csv_path} exists but is not a manifest (no 'path' column); move it "
                           f"away or choose another --out folder")
+    is_crops = "face_index" in header
+    if is_crops != (kind == "crops"):
+        other = "face crops" if is_crops else "frames or images"
+        raise ConfigError(f"{csv_path} is a manifest of {other}, not of {kind}; write the {kind} "
+                          f"into another --out folder")
