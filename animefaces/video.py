@@ -136,8 +136,9 @@ def _check_options(fps, keyframes, seek) -> Fraction | None:
         raise ConfigError(f"unknown seek mode {seek!r}; choose one of: {', '.join(SEEK_CHOICES)}")
     if fps is None or fps == 0:
         if not keyframes:
-            raise ConfigError("fps must be a positive number of frames per second of video "
-                              f"(got {fps!r}); fps=None is only allowed with keyframes=True")
+            raise ConfigError(f"fps={fps!r} keeps no frames without keyframes=True (--keyframes);"
+                              f" give a positive fps, e.g. 1 for one frame per second of video, "
+                              f"or ask for key frames only")
         return None
     if isinstance(fps, bool) or not isinstance(fps, (int, float, Fraction)) or not fps > 0 \
             or not math.isfinite(fps):
