@@ -65,7 +65,8 @@ def cmd_extract(args) -> int:
     feats = extract_dataset(args.data, backbone=args.model, weights=args.weights,
                             cache_dir=args.cache_dir, device=args.device, precision=args.precision,
                             pooling=args.pooling, batch_size=args.batch_size,
-                            skip_bad=args.skip_bad, progress=not args.quiet)
+                            skip_bad=args.skip_bad, progress=not args.quiet,
+                            checkpoint_every=args.checkpoint_every)
     m = feats.meta
     print(f"{m['backbone']}: {len(feats.records)} images -> {feats.X.shape[1]}-d features "
           f"({feats.computed} computed, {len(feats.records) - feats.computed} from the cache) in "
@@ -157,6 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="weights file for the backbone, or 'random' (tests only)")
     e.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
     e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
+    e.add_argument("--checkpoint-every", type=int, default=256, metavar="N",
+                   help="save finished features every N images (an interrupted run resumes there)")
     e.add_argument("--pooling", default="auto", choices=["auto", "max", "avg", "maxavg"],
                    help="spatial pooling of the feature map (auto: the backbone's default)")
     add_feature_opts(e)

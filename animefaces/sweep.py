@@ -54,7 +54,7 @@ def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
                     cache_dir: os.PathLike | str = "features", device: str = "auto",
                     precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
                     skip_bad: bool = False, progress: bool = True, extractor=None,
-                    labels=("face", "no_face")) -> ExtractedFeatures:
+                    labels=("face", "no_face"), checkpoint_every: int = 256) -> ExtractedFeatures:
     """Extract (or load from the cache) features for every image of a dataset.
 
     Args:
@@ -62,6 +62,8 @@ def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
         backbone, weights, device, precision, pooling, batch_size: see :class:`FeatureExtractor`.
         cache_dir: feature cache root.
         skip_bad: leave unreadable images out (listed in ``bad``) instead of stopping.
+        checkpoint_every: write finished features to the cache every this many images (an
+            interrupted run loses at most that many).
     """
     from .cache import FeatureCache
 
@@ -72,7 +74,7 @@ def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
     t0 = time.perf_counter()
     before = len(cache)
     X, keys, bad = fx.extract_files([r.path for r in ds.records], cache=cache, skip_bad=skip_bad,
-                                    progress=progress)
+                                    progress=progress, flush_every=checkpoint_every)
     computed = len(cache) - before
     if computed >= 512:
         cache.compact()
@@ -137,7 +139,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     """
     from . import __version__
     from .report import write_reports
-    from .svm import TrainedModel, fit_grid, platt_fit, save_model, select_per_row, _versions
+    from .svm import (TrainedModel, _versions, fit_grid, one_se_pick, platt_fit, refit,
+                      save_model, select_per_row)
 
     t_start = time.perf_counter()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -185,7 +188,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         results = fit_grid(X, y, rows, scaling=cfg.scaling, cache_size=cfg.cache_size,
                            seed=cfg.seed, n_jobs=cfg.n_jobs)
         fit_seconds += time.perf_counter() - t0
-        best_rows = select_per_row(results, on=cfg.select_on)
+        best_rows = select_per_row(results, on=cfg.select_on, n=len(y[cfg.select_on]))
         backbone_info[name] = {"status": "ok", "features": feats.meta,
                                "extract_seconds": round(feats.seconds, 3),
                                "computed": feats.computed, "n_images": len(feats.records),
@@ -197,15 +200,19 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                          "fit_seconds": round(r.fit_seconds, 4),
                          "selected": best_rows[r.row] is r})
         for row_name, r in best_rows.items():
-            candidates.append((r.accuracy[cfg.select_on], -len(candidates), name, r, X, y, feats))
+            candidates.append((name, r, X, y, feats))
 
     if not candidates:
         raise AnimeFacesError("no backbone could run: " + "; ".join(
             f"{n}: {i['reason']}" for n, i in backbone_info.items()))
 
-    # Best model on val only; ties keep the earlier backbone / row (config order).
-    _val, _o, best_name, best, X, y, feats = max(candidates, key=lambda c: (c[0], c[1]))
-    platt = platt_fit(best.pipeline.decision_function(X["val"]), y["val"])
+    # Best model on val only, by the one-SE rule: ties go to the earlier backbone / row in the
+    # config (the default config lists RBF first, then linear, then polynomials by degree).
+    best_name, best, X, y, feats = one_se_pick(
+        candidates, acc=lambda c: c[1].accuracy[cfg.select_on], n=len(candidates[0][3][cfg.select_on]))
+    pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
+                     cache_size=cfg.cache_size, seed=cfg.seed)
+    platt = platt_fit(pipeline.decision_function(X["val"]), y["val"])
     run_id = run_dir.name
     model_meta = {
         "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
@@ -214,7 +221,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    model = TrainedModel(pipeline=best.pipeline, platt=platt, meta=model_meta)
+    model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta)
     models_root = Path(models_dir or cfg.models_dir)
     model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
     best_path = save_model(model, models_root / "best")
@@ -228,6 +235,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "backbones": backbone_info,
         "kernels": [r for r, _, _ in rows],
         "fits": fits,
+        "selection": "accuracy on val, one-standard-error rule; ties go to the earlier backbone / "
+                     "kernel / C in config order",
         "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
                  "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
                  "platt": list(platt)},

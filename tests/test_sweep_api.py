@@ -1,0 +1,195 @@
+"""End to end on synthetic data with the tiny backbone: extract, sweep, save, load, predict."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import animefaces
+from animefaces.cli import main
+from animefaces.config import config_from_dict, load_config
+from animefaces.errors import AnimeFacesError, BadImageError, ConfigError, ModelMismatchError
+from animefaces.sweep import extract_dataset, run_sweep
+
+from conftest import face_image, make_dataset, noface_image, tiny_config
+
+
+@pytest.fixture
+def swept(tmp_path, tiny_dataset):
+    cfg = tiny_config(tmp_path)
+    res = run_sweep(tiny_dataset, config=cfg, weights="random", progress=False)
+    return tmp_path, tiny_dataset, cfg, res
+
+
+def test_sweep_writes_tables_results_and_model(swept):
+    tmp_path, data, cfg, res = swept
+    for name in ("table1.md", "table1.csv", "table2.md", "table2.csv", "results.json", "report.md"):
+        assert (res.run_dir / name).is_file(), name
+    r = json.loads((res.run_dir / "results.json").read_text())
+    assert r["backbones"]["tiny"]["random_weights"] is True
+    assert {f["kernel"] for f in r["fits"]} == {"rbf", "linear", "poly-2", "poly-3"}
+    assert r["scaling"] == "l2" and "versions" in r and r["timings"]["fit_seconds"] >= 0
+    assert "(random weights)" in (res.run_dir / "table1.md").read_text()
+    assert res.best_model.is_file() and res.best_model.with_suffix(".json").is_file()
+    meta = json.loads(res.best_model.with_suffix(".json").read_text())
+    assert meta["features"]["backbone"] == "tiny" and len(meta["model_sha256"]) == 64
+    # Synthetic faces are easy: the tiny random CNN + SVM must beat chance clearly.
+    assert r["best"]["accuracy"]["test"] >= 0.75
+
+
+def test_second_sweep_does_no_forward_pass(swept, monkeypatch):
+    tmp_path, data, cfg, _ = swept
+    from animefaces import extract
+
+    def boom(*a, **k):
+        raise AssertionError("forward pass on a cached dataset")
+
+    monkeypatch.setattr(extract.FeatureExtractor, "_forward", boom)
+    res2 = run_sweep(data, config=cfg, weights="random", progress=False)
+    assert res2.results["backbones"]["tiny"]["computed"] == 0
+
+
+def test_renamed_image_hits_cache_and_changed_image_misses(tmp_path, tiny_dataset):
+    cache = tmp_path / "feat"
+    first = extract_dataset(tiny_dataset, backbone="tiny", weights="random", cache_dir=cache, progress=False)
+    assert first.computed == len(first.records)
+    imgs = sorted((tiny_dataset.parent / "images").glob("*.png"))
+    imgs[0].rename(imgs[0].with_name("renamed.png"))
+    text = (tiny_dataset).read_text().replace(imgs[0].name, "renamed.png")
+    tiny_dataset.write_text(text)
+    face_image(np.random.default_rng(99)).save(imgs[1])
+    again = extract_dataset(tiny_dataset, backbone="tiny", weights="random", cache_dir=cache, progress=False)
+    assert again.computed == 1
+
+
+def test_two_line_api_on_png_and_jpeg(swept, tmp_path):
+    _, _, _, res = swept
+    rng = np.random.default_rng(5)
+    face_image(rng).save(tmp_path / "f.png")
+    face_image(rng).convert("RGB").save(tmp_path / "f.jpg", quality=90)
+    clf = animefaces.FaceClassifier.load(res.best_model)
+    for name in ("f.png", "f.jpg"):
+        p = clf.predict(tmp_path / name)
+        assert p.label in ("face", "no_face") and 0.0 <= p.score <= 1.0
+    many = clf.predict_many([tmp_path / "f.png", Image.open(tmp_path / "f.jpg"),
+                             np.asarray(noface_image(rng))])
+    assert len(many) == 3 and all(0 <= m.score <= 1 for m in many)
+    # load by the models/best shorthand too
+    best = res.best_model.parent / "best"
+    assert animefaces.FaceClassifier.load(best).predict(tmp_path / "f.png").score == pytest.approx(
+        clf.predict(tmp_path / "f.png").score)
+
+
+def test_predict_bad_inputs(swept, tmp_path):
+    _, _, _, res = swept
+    clf = animefaces.FaceClassifier.load(res.best_model)
+    (tmp_path / "bad.png").write_bytes(b"nope")
+    with pytest.raises(BadImageError, match="bad.png"):
+        clf.predict(tmp_path / "bad.png")
+    out = clf.predict_many([tmp_path / "bad.png"], on_error="report")
+    assert out[0].label == "error" and "not an image" in out[0].error
+
+
+def test_predict_cli_writes_csv_and_json(swept, tmp_path, capsys):
+    _, data, _, res = swept
+    imgs = data.parent / "images"
+    assert main(["predict", str(imgs), "--model", str(res.best_model), "--format", "json",
+                 "-o", str(tmp_path / "p.json"), "-q"]) == 0
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert len(rows) == len(list(imgs.iterdir())) and {"source", "label", "score"} <= set(rows[0])
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "x.jpg").write_bytes(b"")
+    assert main(["predict", str(tmp_path / "junk"), "--model", str(res.best_model), "--format", "csv", "-q"]) == 1
+    assert "empty" in capsys.readouterr().out
+
+
+def test_tampered_or_mismatched_model_is_refused(swept):
+    _, _, _, res = swept
+    meta_path = res.best_model.with_suffix(".json")
+    meta = json.loads(meta_path.read_text())
+    meta["features"]["preprocessing"] = "resize=300x300"  # trained with other preprocessing
+    meta_path.write_text(json.dumps(meta))
+    with pytest.raises(ModelMismatchError, match="preprocessing"):
+        animefaces.FaceClassifier.load(res.best_model)
+    with open(res.best_model, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ModelMismatchError, match="changed or damaged"):
+        animefaces.FaceClassifier.load(res.best_model)
+
+
+def test_extract_without_weights_fails_with_fix(tmp_path, tiny_dataset, capsys):
+    code = main(["extract", "--model", "vgg16", "--data", str(tiny_dataset), "--cache-dir", str(tmp_path / "f")])
+    err = capsys.readouterr().err
+    assert code != 0 and "vgg16-397923af.pth" in err and "--weights" in err and "Traceback" not in err
+
+
+def test_extract_skip_bad_lists_files(tmp_path, tiny_dataset, capsys):
+    bad = tiny_dataset.parent / "images" / "train-face-0.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    args = ["extract", "--model", "tiny", "--weights", "random", "--data", str(tiny_dataset),
+            "--cache-dir", str(tmp_path / "f"), "-q"]
+    assert main(args) == 2
+    assert "train-face-0.png" in capsys.readouterr().err
+    assert main(args + ["--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert "1 unreadable image(s) left out" in out and "train-face-0.png" in out
+
+
+def test_config_validation(tmp_path):
+    with pytest.raises(ConfigError, match="unknown key.*svm.kernal"):
+        config_from_dict({"svm": {"kernal": "rbf"}})
+    with pytest.raises(ConfigError, match="svm.scaling = 'minmax'; choose one of: l2, standard, none"):
+        config_from_dict({"svm": {"scaling": "minmax", "grid": [{"kernel": "rbf"}]}})
+    with pytest.raises(ConfigError, match="kernel"):
+        config_from_dict({"svm": {"grid": [{"kernel": "tree"}]}})
+    paper = load_config("paper")
+    rows = [r for r, _, _ in paper.kernel_rows()]
+    assert rows == ["linear", "rbf", "poly-2", "poly-3", "poly-4", "poly-5", "poly-10", "poly-50"]
+    assert paper.cache_size == 2000
+
+
+def test_precomputed_grid_matches_plain_svc(rng):
+    from animefaces.svm import fit_grid, refit
+
+    X = {s: rng.normal(size=(n, 20)).astype(np.float32) for s, n in (("train", 80), ("val", 40))}
+    y = {s: (X[s][:, 0] + 0.3 * X[s][:, 1] ** 2 > 0).astype(int) for s in X}
+    rows = config_from_dict({"svm": {"grid": [{"kernel": "rbf", "C": [1.0]},
+                                              {"kernel": "poly", "degree": [3], "coef0": [1.0]},
+                                              {"kernel": "linear"}]}}).kernel_rows()
+    for scaling in ("l2", "standard"):
+        for r in fit_grid(X, y, rows, scaling=scaling, n_jobs=2):
+            pipe = refit(r.params, X["train"], y["train"], scaling=scaling)
+            assert r.accuracy["val"] == pytest.approx(np.mean(pipe.predict(X["val"]) == y["val"]))
+
+
+def test_extract_killed_midway_resumes(tmp_path):
+    data = make_dataset(tmp_path / "big", n_per_class=(400, 50, 50, 0), fmt="png")
+    cache = tmp_path / "cache"
+    cmd = [sys.executable, "-m", "animefaces.cli", "extract", "--model", "tiny", "--weights", "random",
+           "--data", str(data), "--cache-dir", str(cache), "--batch-size", "8", "--checkpoint-every", "64", "-q"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(cache.glob("*/shard-*.npz")):
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    shards = list(cache.glob("*/shard-*.npz"))
+    assert shards, "no shard written before the kill"
+    from animefaces.cache import FeatureCache
+    from animefaces.extract import FeatureExtractor
+
+    fx = FeatureExtractor("tiny", weights="random", device="cpu")
+    done = len(FeatureCache(cache, fx.fingerprint, meta={}, name="tiny"))
+    total = 1000
+    assert 0 < done < total, f"kill came too late ({done} of {total} done)"
+    again = extract_dataset(data, backbone="tiny", weights="random", cache_dir=cache, progress=False)
+    assert again.computed == total - done
+    assert len(again.records) == total
+    assert not list(cache.glob("*/.*.tmp")), "a temp file was left behind"
