@@ -385,8 +385,7 @@ def dhash(image: Image.Image, *, hash_size: int = 8) -> int:
     "the same picture" is a Hamming distance of about 0-10 of 64 bits.
     """
     # BOX averages all source pixels: stable against compression noise, and cheap from 1080p.
-    thumb = image.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.BOX,
-                                      reducing_gap=2.0)
+    thumb = image.convert("L").resize((hash_size + 1, hash_size), Image.Resampling.BOX)
     px = np.asarray(thumb, dtype=np.int16)
     bits = (px[:, :-1] > px[:, 1:]).ravel()
     return int(np.packbits(bits).view(">u8")[0]) if hash_size == 8 else \
