@@ -68,8 +68,11 @@ def load_cascade(path: os.PathLike | str):
     if not path.is_file():
         raise ConfigError(f"cascade file {path} not found; {where}")
     cv2 = _import_cv2()
-    cascade = cv2.CascadeClassifier(str(path))
-    if cascade.empty():
+    try:
+        cascade = cv2.CascadeClassifier(str(path))
+    except (cv2.error, SystemError):  # OpenCV raises from the constructor on malformed XML
+        cascade = None
+    if cascade is None or cascade.empty():
         raise ConfigError(f"cascade file {path} is not an OpenCV cascade XML OpenCV can load; "
                           f"{where}")
     return cascade
@@ -449,8 +452,8 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
                 except ConfigError:
                     raise  # a problem with the run itself, not with this input
                 except AnimeFacesError as exc:  # BadImageError, BadVideoError, name clash
-                    res.error = str(exc)
-                writer.flush()  # crops of frames before an error are valid too
+                    res.error = str(exc)  # crops of frames before the error are still written
+        writer.flush()  # batches span inputs: one image often holds a single face
     write_manifest(csv_path, writer.rows, columns=CROP_COLUMNS, replace_groups=groups,
                    sort_key=_crop_sort_key)
     summary.elapsed_s = time.perf_counter() - t0
