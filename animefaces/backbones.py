@@ -60,6 +60,7 @@ class BackboneSpec:
         paper: True for the backbones of the AnimeFaces paper.
         default_pooling: ``max`` (the paper: maximum over spatial positions), ``avg`` or
             ``maxavg``; a config or ``--pooling`` can override it.
+        needs_weights: False for feature extractors with nothing to learn (``huehist``).
     """
 
     name: str
@@ -77,6 +78,7 @@ class BackboneSpec:
     test_only: bool = False
     paper: bool = False
     default_pooling: str = "max"
+    needs_weights: bool = True
     extra: dict = field(default_factory=dict)
 
     def preprocessing_id(self) -> str:
@@ -165,6 +167,39 @@ def _build_tiny():
         nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),
     )
     torch.random.set_rng_state(gen_state)
+    return model
+
+
+def _build_huehist():
+    import torch
+    import torch.nn as nn
+
+    class HueHistogram(nn.Module):
+        """The GochiUsa_Faces baseline: a 32-bin histogram of hue over the image's coloured
+        pixels (grey pixels, whose hue is undefined, are left out), normalised to sum to 1.
+        Input is RGB in [0, 1]; output (N, 32, 1, 1) so it pools like a CNN map."""
+
+        bins = 32
+        min_chroma = 0.05
+
+        def forward(self, x):
+            x = x.float()
+            r, g, b = x[:, 0], x[:, 1], x[:, 2]
+            mx, argmx = x.max(dim=1)
+            mn = x.min(dim=1).values
+            delta = mx - mn
+            safe = torch.where(delta > 0, delta, torch.ones_like(delta))
+            hue = torch.where(argmx == 0, ((g - b) / safe) % 6,
+                              torch.where(argmx == 1, (b - r) / safe + 2, (r - g) / safe + 4)) / 6.0
+            idx = (hue * self.bins).long().clamp_(0, self.bins - 1)
+            weight = (delta > self.min_chroma).float()
+            hist = torch.zeros(x.shape[0], self.bins, device=x.device)
+            hist.scatter_add_(1, idx.flatten(1), weight.flatten(1))
+            hist = hist / hist.sum(dim=1, keepdim=True).clamp_min(1.0)
+            return hist[:, :, None, None]
+
+    model = nn.Module()
+    model.features = HueHistogram()
     return model
 
 
@@ -266,6 +301,11 @@ register(BackboneSpec(
                 "'pytorch-mcn' model zoo, 'vgg_face_dag'); license: the VGG-Face terms "
                 "(non-commercial research)")),
     description="VGG-Face (paper), user-supplied converted checkpoint"))
+register(BackboneSpec(
+    name="huehist", feature_dim=32, feature_layer="32-bin hue histogram (no CNN)",
+    build=_build_huehist, trunk=_features_trunk, input_size=(128, 128),
+    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), needs_weights=False,
+    description="32-bin hue histogram (GochiUsa_Faces baseline; nothing to download)"))
 register(BackboneSpec(
     name="tiny", feature_dim=32, feature_layer="3-conv random CNN", build=_build_tiny,
     trunk=_features_trunk, input_size=(64, 64), test_only=True,

@@ -48,7 +48,8 @@ def cmd_backbones(args) -> int:
     for name in list_backbones(include_test=args.all):
         spec = get_backbone(name)
         try:
-            status = resolve_weights(spec, download=False).source if spec.weights else "random only"
+            status = (resolve_weights(spec, download=False).source if spec.weights or not spec.needs_weights
+                      else "random only")
         except (WeightsNotFoundError, WeightsMismatchError) as exc:
             status = "missing" if isinstance(exc, WeightsNotFoundError) else "BAD FILE"
         print(f"{name:<14}{spec.feature_dim:>6}  {status:<10} {spec.description}")
@@ -83,6 +84,17 @@ def cmd_sweep(args) -> int:
     from .sweep import run_sweep
 
     backbones = [b.strip() for b in args.backbones.split(",")] if args.backbones else None
+    if args.task == "character":
+        from .character import run_character_sweep
+
+        groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
+        res = run_character_sweep(args.data, config=args.config, groups=groups,
+                                  min_per_class=args.min_per_class, backbones=backbones,
+                                  weights=_weights_arg(args.weights), device=args.device,
+                                  out_dir=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+        print((Path(res["run_dir"]) / "report.md").read_text())
+        print(f"Reports: {res['run_dir']}")
+        return 0
     res = run_sweep(args.data, config=args.config, backbones=backbones,
                     weights=_weights_arg(args.weights), device=args.device, out_dir=args.out,
                     models_dir=args.models_dir, cache_dir=args.cache_dir,
@@ -176,6 +188,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backbones", default=None, help="comma-separated backbones (overrides the config)")
     s.add_argument("--weights", action="append", default=None, metavar="[NAME=]PATH|random",
                    help="weights for all backbones, or NAME=PATH per backbone (repeatable)")
+    s.add_argument("--task", choices=["face", "character"], default="face",
+                   help="face: face / no_face (Table 1 / 2); character: identify characters, "
+                        "classes from the group column of face rows or CHARACTER/ folders")
+    s.add_argument("--groups", default=None, metavar="PATTERNS",
+                   help="character task: comma-separated glob patterns of classes to keep "
+                        "(e.g. 'sytwu:*,ao7108:*')")
+    s.add_argument("--min-per-class", type=int, default=5,
+                   help="character task: leave out classes with fewer training images (default 5)")
     s.add_argument("--out", default=None, help="reports folder (default: reports/)")
     s.add_argument("--models-dir", default=None, help="where the best model goes (default: models/)")
     add_feature_opts(s)

@@ -33,7 +33,8 @@ class ResolvedWeights:
     Attributes:
         path: the file, or None for random weights.
         sha256: full sha256 of the file ("random-seed0" style tag for random weights).
-        source: one of ``explicit``, ``torch_home``, ``package``, ``download``, ``random``.
+        source: one of ``explicit``, ``torch_home``, ``package``, ``download``, ``random``,
+            ``none`` (a backbone with nothing to load).
     """
 
     path: Path | None
@@ -42,7 +43,7 @@ class ResolvedWeights:
 
     @property
     def is_random(self) -> bool:
-        return self.path is None
+        return self.source == "random"
 
 
 def sha256_file(path: os.PathLike, *, chunk: int = 1 << 20) -> str:
@@ -130,6 +131,8 @@ def resolve_weights(spec: BackboneSpec, weights: str | os.PathLike | None = None
         WeightsNotFoundError: nothing found; the message says which file to put where.
         WeightsMismatchError: a file was found but its sha256 is wrong.
     """
+    if not spec.needs_weights:
+        return ResolvedWeights(path=None, sha256="no-weights", source="none")
     if weights is not None and str(weights) == RANDOM:
         return ResolvedWeights(path=None, sha256="random-init", source="random")
     if weights is not None:
@@ -179,7 +182,7 @@ def load_trunk(spec: BackboneSpec, resolved: ResolvedWeights):
     import torch
 
     model = spec.build()
-    if not resolved.is_random:
+    if resolved.path is not None:
         try:
             state = torch.load(resolved.path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - turn pickle/zip errors into a clear message

@@ -1,0 +1,71 @@
+"""Character identification and the hue-histogram baseline."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from animefaces.character import character_dataset, run_character_sweep
+from animefaces.errors import DatasetError
+from animefaces.extract import FeatureExtractor
+
+from conftest import tiny_config
+
+
+def make_characters(root, n_train=8, n_val=4, n_test=4):
+    """Three 'characters' with distinct hair colours, as face rows with a group column."""
+    rng = np.random.default_rng(1)
+    (root / "images").mkdir(parents=True)
+    colours = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}
+    rows = []
+    for split, n in (("train", n_train), ("val", n_val), ("test", n_test)):
+        for name, c in colours.items():
+            for i in range(n):
+                arr = np.full((64, 64, 3), 240, np.uint8)
+                arr[:24] = np.clip(np.array(c) + rng.integers(-20, 20, 3), 0, 255)
+                p = f"images/{name}-{split}-{i}.png"
+                Image.fromarray(arr).save(root / p)
+                rows.append({"path": p, "label": "face", "split": split, "group": f"hair:{name}"})
+        p = f"images/bg-{split}.png"
+        Image.new("RGB", (64, 64), (9, 9, 9)).save(root / p)
+        rows.append({"path": p, "label": "no_face", "split": split, "group": "bg"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["path", "label", "split", "group"])
+        w.writeheader()
+        w.writerows(rows)
+    return root / "manifest.csv"
+
+
+def test_huehist_is_a_normalised_hue_histogram():
+    fx = FeatureExtractor("huehist", device="cpu")
+    f = fx.transform_images([Image.new("RGB", (40, 40), (255, 0, 0)), Image.new("RGB", (40, 40), (0, 0, 255)),
+                             Image.new("RGB", (40, 40), (128, 128, 128))])
+    assert f.shape == (3, 32)
+    assert f[0].argmax() == 0 and f[1].argmax() == 21
+    np.testing.assert_allclose(f.sum(1), [1, 1, 0], atol=1e-6)  # grey has no hue
+    assert fx.describe()["random_weights"] is False
+
+
+def test_character_dataset_relabels_face_rows_by_group(tmp_path):
+    ds = character_dataset(make_characters(tmp_path / "c"))
+    assert {r.label for r in ds.records} == {"hair:red", "hair:green", "hair:blue"}
+    ds2 = character_dataset(tmp_path / "c" / "manifest.csv", groups=["hair:r*", "hair:g*"])
+    assert {r.label for r in ds2.records} == {"hair:red", "hair:green"}
+    with pytest.raises(DatasetError, match="fewer than two characters"):
+        character_dataset(tmp_path / "c" / "manifest.csv", groups=["hair:red"])
+
+
+def test_character_sweep_writes_confusion_and_per_class(tmp_path):
+    data = make_characters(tmp_path / "c")
+    res = run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"], progress=False)
+    run = tmp_path / "reports" / res["run_id"]
+    assert (run / "confusion_test.png").stat().st_size > 1000
+    rows = list(csv.reader(open(run / "confusion_test.csv")))
+    assert rows[0][1:] == res["classes"] and len(rows) == 4
+    per_class = list(csv.DictReader(open(run / "per_class.csv")))
+    assert {r["class"] for r in per_class} == set(res["classes"])
+    # hair colour is exactly what a hue histogram sees
+    assert res["best"]["accuracy"]["test"] >= 0.9
+    assert json.loads((run / "results.json").read_text())["task"] == "character"
