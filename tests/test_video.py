@@ -119,7 +119,8 @@ def test_fps_below_one_frame_rate_of_ticks_every_three_seconds(videos):
 
 @pytest.mark.parametrize("suffix,codec,options", [
     ("mkv", "libx264", X264_GOP48),      # Matroska: time base 1/1000, no stream duration
-    ("webm", "libvpx", {"g": "48"}),     # VP8
+    ("webm", "libvpx", {"g": "48", "deadline": "realtime", "cpu-used": "8", "threads": "1",
+                        "lag-in-frames": "0", "auto-alt-ref": "0"}),  # VP8, fast settings
     ("avi", "mpeg4", {"g": "48"}),       # AVI: time base 1/24
 ])
 def test_other_containers(tmp_path, suffix, codec, options):
