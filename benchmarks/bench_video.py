@@ -112,8 +112,8 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             make_video(video, seconds=args.seconds, fps=args.fps, gop=args.gop, width=w, height=h)
             made = {"seconds": args.seconds, "fps": args.fps, "gop": args.gop, "size": args.size,
-                    "codec": "libx264 veryfast crf 23", "encode_s": round(time.perf_counter() - t0, 2),
-                    "bytes": video.stat().st_size}
+                    "codec": "libx264 veryfast crf 23",
+                    "encode_s": round(time.perf_counter() - t0, 2), "bytes": video.stat().st_size}
         info = probe_video(video)
         n_frames = decode_all(video, to_rgb=False)
         duration = info.duration_s or n_frames / (info.average_fps or 24)
