@@ -441,6 +441,7 @@ class ExtractSummary:
     manifest: Path
     results: list[VideoResult] = field(default_factory=list)
     elapsed_s: float = 0.0
+    stale_rows: int = 0  # manifest rows of an earlier run on these videos that no longer match
 
     @property
     def frames_written(self) -> int:
@@ -464,6 +465,9 @@ class ExtractSummary:
                  f"written to {self.out_dir} (manifest: {self.manifest.name})"]
         if self.frames_dropped:
             lines.append(f"{self.frames_dropped} near-duplicate frame(s) dropped")
+        if self.stale_rows:
+            lines.append(f"{self.stale_rows} row(s) of an earlier run on these videos were left "
+                         f"out of the manifest (other settings); their image files remain")
         for r in self.failures:
             kept = f" ({r.frames_written} frame(s) before the error kept)" \
                 if r.frames_written else ""
@@ -696,8 +700,9 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
             except BadVideoError as exc:
                 res.error = str(exc)
             clock.next_video(durations.get(p))
-    write_manifest(csv_path, rows, columns=FRAME_COLUMNS,
-                   replace_groups={p.stem for p in paths}, sort_key=_frame_sort_key)
+    summary.stale_rows = write_manifest(csv_path, rows, columns=FRAME_COLUMNS,
+                                        replace_groups={p.stem for p in paths},
+                                        sort_key=_frame_sort_key)
     summary.elapsed_s = time.perf_counter() - t0
     atomic_write_json(out / "manifest.json", {
         "made_by": "animefaces.video.extract_frames",

@@ -248,12 +248,19 @@ def test_extract_frames_writes_images_and_labelable_manifest(videos, tmp_path):
         (rows[0]["path"], "face", "train")
 
 
-def test_extract_frames_png(videos, tmp_path):
+def test_extract_frames_png_and_rerun_with_other_settings(videos, tmp_path):
     summary = extract_frames([videos["mp4"]], tmp_path, fps=0.5, image_format="png",
                              progress=False)
     names = sorted(p.name for p in tmp_path.glob("*.png"))
     assert summary.frames_written == 4 and names == sorted(
         f"ep01-sec-{i}.png" for i in (0, 48, 96, 144))
+    # Again at 0.25 fps: the two frames shared with the first run keep their rows, the manifest
+    # lists exactly this run's frames, and the 2 rows no longer produced are reported.
+    again = extract_frames([videos["mp4"]], tmp_path, fps=0.25, image_format="png",
+                           progress=False)
+    _, rows = read_manifest(tmp_path / "manifest.csv")
+    assert [r["path"] for r in rows] == ["ep01-sec-0.png", "ep01-sec-96.png"]
+    assert again.stale_rows == 2 and "2 row(s) of an earlier run" in str(again)
 
 
 def test_dedup_drops_static_repeats_and_reports_the_count(videos, tmp_path):
