@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +136,26 @@ def test_animated_gif_uses_each_frames_delay(videos):
     # 2 -> frame 3 (2.0 s); 3 and 4 -> frame 4 (4.0 s), yielded once.
     got = sampled(videos["gif"], fps=1)
     assert got == [(0, 0.0, "sec", 0), (2, 1.8, "sec", 2), (3, 2.0, "sec", 3), (4, 4.0, "sec", 4)]
+
+
+@pytest.mark.parametrize("suffix", ["mp4", "mkv"])
+def test_variable_frame_rate_uses_timestamps(tmp_path, suffix):
+    times = [0, 0.1, 0.5, 1.4, 1.45, 2.0, 3.7, 3.9, 4.0, 5.2, 5.5]  # seconds, irregular
+    path = tmp_path / f"vfr.{suffix}"
+    with av.open(str(path), "w") as out:
+        s = out.add_stream("libx264", rate=30, options={"preset": "ultrafast", "bf": "0"})
+        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for t in times:
+            f = av.VideoFrame.from_ndarray(picture(int(t)), format="rgb24")
+            f.pts, f.time_base = int(round(t * 1000)), Fraction(1, 1000)
+            for p in s.encode(f):
+                out.mux(p)
+        for p in s.encode():
+            out.mux(p)
+    # Ticks 0..5 s: the first frame at or after each; the frame counter gives exact indices.
+    assert sampled(path, fps=1) == [(0, 0.0, "sec", 0), (3, 1.4, "sec", 1), (5, 2.0, "sec", 2),
+                                    (6, 3.7, "sec", 3), (8, 4.0, "sec", 4), (9, 5.2, "sec", 5)]
 
 
 def test_probe_reports_duration_and_rate(videos):
