@@ -61,6 +61,7 @@ class BackboneSpec:
         default_pooling: ``max`` (the paper: maximum over spatial positions), ``avg`` or
             ``maxavg``; a config or ``--pooling`` can override it.
         needs_weights: False for feature extractors with nothing to learn (``huehist``).
+        in_available: part of a sweep's ``backbones = "available"`` (baselines opt in by name).
     """
 
     name: str
@@ -79,6 +80,7 @@ class BackboneSpec:
     paper: bool = False
     default_pooling: str = "max"
     needs_weights: bool = True
+    in_available: bool = True
     extra: dict = field(default_factory=dict)
 
     def preprocessing_id(self) -> str:
@@ -304,7 +306,7 @@ register(BackboneSpec(
 register(BackboneSpec(
     name="huehist", feature_dim=32, feature_layer="32-bin hue histogram (no CNN)",
     build=_build_huehist, trunk=_features_trunk, input_size=(128, 128),
-    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), needs_weights=False,
+    mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), needs_weights=False, in_available=False,
     description="32-bin hue histogram (GochiUsa_Faces baseline; nothing to download)"))
 register(BackboneSpec(
     name="tiny", feature_dim=32, feature_layer="3-conv random CNN", build=_build_tiny,

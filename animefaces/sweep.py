@@ -97,12 +97,12 @@ def _log(msg: str, progress: bool) -> None:
 
 
 def _backbones_to_run(cfg: SweepConfig, override) -> list[str]:
-    from .backbones import list_backbones
+    from .backbones import get_backbone, list_backbones
 
     if override:
         return list(override)
     if cfg.backbones == "available":
-        return list_backbones()
+        return [n for n in list_backbones() if get_backbone(n).in_available]
     return list(cfg.backbones)
 
 
