@@ -19,7 +19,7 @@ from . import __version__
 from .errors import AnimeFacesError
 
 # Subcommands that live in their own modules (each has register(subparsers)).
-_PLUGIN_MODULES = ("cli_video", "cli_bench", "cli_report")
+_PLUGIN_MODULES = ("cli_video", "cli_bench", "cli_report", "cli_scan")
 
 
 def _weights_arg(values):
