@@ -100,7 +100,7 @@ def main(argv=None) -> int:
     ap.add_argument("--fps", type=int, default=24, help="frame rate of the synthetic video")
     ap.add_argument("--gop", type=int, default=240, help="key frame interval in frames")
     ap.add_argument("--size", default="1280x720")
-    ap.add_argument("--sparse-step", type=float, default=20.0,
+    ap.add_argument("--sparse-step", type=float, default=40.0,
                     help="seconds between samples for the sparse strategies")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=Path("reports/bench_video.json"))
