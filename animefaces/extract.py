@@ -1,10 +1,19 @@
 """Batched, device-aware feature extraction.
 
-:class:`FeatureExtractor` turns images into pooled CNN feature vectors: images are decoded in
-DataLoader workers (reduced-size JPEG decode, resize to the backbone's input), batches go to the
-device as uint8 (pinned memory, non-blocking copies on CUDA), are normalised there, and run through
-the backbone's trunk under ``torch.inference_mode()`` with autocast where the precision asks for it.
-The feature is the maximum over all spatial positions of the trunk's last map (the paper's choice).
+:class:`FeatureExtractor` turns images into pooled CNN feature vectors. Images are decoded at
+reduced size (JPEG draft mode) and resized to the backbone's input; batches go to the device as
+uint8, are normalised there, and run through the backbone's trunk (BatchNorm folded into the
+convolutions, channels_last) under ``torch.inference_mode()``, with autocast where the precision
+asks for it. The feature is the maximum (or mean) over all spatial positions of the trunk's map.
+
+How decode and forward share the machine (measured in ``benchmarks/bench_extract.py``):
+
+* CPU: decode and forward take turns, each on all cores: a thread pool decodes one batch
+  (Pillow releases the GIL while it decodes and resizes), then the trunk runs it with all of
+  torch's threads. On a small machine this beats a decode process running beside the forward
+  pass, whose threads would fight the trunk's threads for the same cores.
+* CUDA: DataLoader worker processes decode while the GPU computes; batches travel in pinned
+  memory with non-blocking copies, as uint8 (4x less traffic than float).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ from . import __version__
 from .backbones import BackboneSpec, get_backbone
 from .errors import BadImageError, ConfigError
 from .imageio import DEFAULT_MAX_PIXELS, as_rgb_image, open_image, resize_to_array
+from .perf import cpu_has_bf16, tune_allocator, usable_cpus
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 POOLINGS = ("auto", "max", "avg", "maxavg")
@@ -42,12 +52,7 @@ def resolve_device(device: str = "auto"):
 
 
 def _cpu_has_bf16() -> bool:
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = f.read()
-        return "avx512_bf16" in flags or "amx_bf16" in flags
-    except OSError:
-        return False
+    return cpu_has_bf16()
 
 
 @dataclass(frozen=True)
@@ -60,19 +65,84 @@ class ExtractSettings:
     num_workers: int = 0
 
 
+# CPU defaults per backbone: the winners of benchmarks/bench_extract.py (forward-only images/s over
+# fp32 / channels_last / bf16 at batch 1, 16 and 64) on the project's 2-core AMD EPYC (Zen 3,
+# AVX2, no AVX-512 and no bf16 units) with the allocator fix. See benchmarks/RESULTS.md.
+# * fp32 everywhere: without bf16 units, torch runs bf16 convolutions on a slow reference path
+#   (MobileNetV2 ~4 img/s instead of ~100).
+# * channels_last: identical features, faster oneDNN kernels.
+# * batch: the smallest batch within a few percent of the best; larger ones only cost memory.
+# num_workers 0 means: decode in a thread pool of the main process, taking turns with the forward
+# pass (see the module docstring); a DataLoader decode process beside it was slower on 2 cores.
+_CPU_DEFAULTS: dict[str, ExtractSettings] = {
+    "mobilenet_v2": ExtractSettings("fp32", True, 32, 0),
+    "alexnet": ExtractSettings("fp32", True, 32, 0),
+    "vgg16": ExtractSettings("fp32", True, 16, 0),
+    "vgg19": ExtractSettings("fp32", True, 16, 0),
+    "vggface": ExtractSettings("fp32", True, 16, 0),
+    "googlenet": ExtractSettings("fp32", True, 32, 0),
+    "inception_v3": ExtractSettings("fp32", True, 16, 0),
+    "huehist": ExtractSettings("fp32", False, 64, 0),
+    "tiny": ExtractSettings("fp32", True, 64, 0),
+}
+_CPU_FALLBACK = ExtractSettings("fp32", True, 32, 0)
+
+
 def default_settings(spec: BackboneSpec, device) -> ExtractSettings:
     """Per-backbone defaults for ``device``.
 
-    CPU: fp32, channels_last (identical results, faster in oneDNN), batch 16 (84-100% of batch
-    64's speed, far less memory), one decode worker when there are spare cores. CUDA: fp16
-    autocast, channels_last, large batches, several workers.
+    CPU: the measured winners in ``_CPU_DEFAULTS`` (fp32, channels_last, batch 16-32, decode in
+    threads of this process); backbones registered later get ``_CPU_FALLBACK``. CUDA (not
+    measured on the project's machines): fp16 autocast, channels_last, batch 128, DataLoader
+    decode workers (one per core, at most 8) so the GPU never waits for Pillow.
     """
-    ncpu = os.cpu_count() or 1
     if device.type == "cuda":
         return ExtractSettings(precision="fp16", channels_last=True, batch_size=128,
-                               num_workers=min(8, ncpu))
-    return ExtractSettings(precision="fp32", channels_last=True, batch_size=16,
-                           num_workers=1 if ncpu >= 2 else 0)
+                               num_workers=min(8, usable_cpus()))
+    return _CPU_DEFAULTS.get(spec.name, _CPU_FALLBACK)
+
+
+def fold_batchnorm(module):
+    """Fold eval-mode BatchNorm2d layers into the Conv2d right before them, in place.
+
+    Handles ``Sequential(..., Conv2d, BatchNorm2d, ...)`` (MobileNetV2, VGG-BN) and torchvision's
+    ``BasicConv2d`` (``conv`` then ``bn``: GoogLeNet, Inception v3). The folded BatchNorm becomes
+    ``Identity``. Same function, one memory pass less per layer (MobileNetV2: ~+20% on CPU);
+    results differ from the unfolded network by float rounding only (~1e-6 relative in fp32).
+
+    Returns:
+        ``module``.
+    """
+    import torch
+    import torch.nn as nn
+
+    def fold(conv, bn):
+        if (type(conv) is not nn.Conv2d or type(bn) is not nn.BatchNorm2d or bn.training
+                or not bn.track_running_stats or conv.out_channels != bn.num_features):
+            return False
+        with torch.no_grad():
+            scale = bn.running_var.add(bn.eps).rsqrt()
+            if bn.weight is not None:
+                scale = scale * bn.weight
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            new_bias = (bias - bn.running_mean) * scale
+            if bn.bias is not None:
+                new_bias = new_bias + bn.bias
+            conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(new_bias, requires_grad=False)
+        return True
+
+    for child in module.children():
+        fold_batchnorm(child)
+    if isinstance(module, nn.Sequential):
+        items = list(module._modules.items())
+        for (_, a), (name_b, b) in zip(items, items[1:]):
+            if fold(a, b):
+                module._modules[name_b] = nn.Identity()
+    if type(module).__name__ == "BasicConv2d" and type(module).__module__.startswith("torchvision"):
+        if fold(getattr(module, "conv", None), getattr(module, "bn", None)):
+            module.bn = nn.Identity()
+    return module
 
 
 class _PathDataset:
@@ -88,12 +158,17 @@ class _PathDataset:
         return len(self.paths)
 
     def __getitem__(self, i):
-        h, w = self.size
-        try:
-            img = open_image(self.paths[i], draft_size=(w, h), max_pixels=self.max_pixels)
-            return i, resize_to_array(img, self.size), None
-        except BadImageError as exc:
-            return i, None, exc.reason
+        return _decode_path(i, self.paths[i], self.size, self.max_pixels)
+
+
+def _decode_path(i, path, size, max_pixels):
+    """(i, (H, W, 3) uint8 array or None, error reason or None) for one file."""
+    h, w = size
+    try:
+        img = open_image(path, draft_size=(w, h), max_pixels=max_pixels)
+        return i, resize_to_array(img, size), None
+    except BadImageError as exc:
+        return i, None, exc.reason
 
 
 def _collate(items):
@@ -114,7 +189,9 @@ class FeatureExtractor:
         weights: None (find them), a path, or ``"random"`` (tests only).
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:1``...
         precision: ``auto`` (the backbone's default), ``fp32``, ``bf16`` or ``fp16``.
-        batch_size, num_workers, channels_last: override the defaults.
+        batch_size, num_workers, channels_last: override the defaults. ``num_workers=0`` decodes
+            in threads of this process, taking turns with the forward pass (the CPU default);
+            ``num_workers>0`` uses that many DataLoader decode processes (the CUDA default).
         pooling: ``auto`` (the backbone's default), ``max`` (the paper), ``avg`` or ``maxavg``
             (both, each L2-normalised, concatenated).
     """
@@ -125,6 +202,9 @@ class FeatureExtractor:
                  pooling: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
         from .weights import resolve_weights
 
+        # Before the first large allocation: keeps activation buffers in the heap instead of
+        # mmap/munmap (and page faults) on every forward pass. Once per process, glibc only.
+        tune_allocator()
         self.spec = get_backbone(backbone)
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}; choose one of: {', '.join(PRECISIONS)}")
@@ -139,7 +219,7 @@ class FeatureExtractor:
         if precision == "auto":
             precision = d.precision
         if precision == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16():
-            precision = "fp32"  # no bf16 units: bf16 would be slower and less exact
+            precision = "fp32"  # no bf16 units: bf16 would be far slower and less exact
         if precision == "fp16" and self.device.type == "cpu":
             raise ConfigError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
         self.settings = ExtractSettings(
@@ -151,6 +231,11 @@ class FeatureExtractor:
         self.max_pixels = max_pixels
         self.weights = resolve_weights(self.spec, weights)
         self._trunk = None
+        self._norm = None
+        # Decode threads for num_workers=0; how many batches to decode ahead of the forward pass
+        # (0: take turns, the measured winner on CPU; 1: overlap, kept for the benchmark).
+        self.decode_threads = usable_cpus()
+        self.decode_ahead = 0 if self.device.type == "cpu" else 1
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -194,31 +279,48 @@ class FeatureExtractor:
 
             from .weights import load_trunk
 
-            trunk = load_trunk(self.spec, self.weights).to(self.device)
+            trunk = fold_batchnorm(load_trunk(self.spec, self.weights)).to(self.device)
             if self.settings.channels_last:
                 trunk = trunk.to(memory_format=torch.channels_last)
+            if self.device.type == "cuda":
+                # Fixed input size: let cuDNN pick the fastest algorithm once per shape.
+                torch.backends.cudnn.benchmark = True
             self._trunk = trunk
         return self._trunk
+
+    def _normaliser(self):
+        """(a, b) with normalised = uint8 * a + b, shaped (1, 3, 1, 1) on the device."""
+        if self._norm is None:
+            import torch
+
+            mean = torch.tensor(self.spec.mean, dtype=torch.float32)
+            std = torch.tensor(self.spec.std, dtype=torch.float32)
+            a = (self.spec.scale / 255.0) / std
+            b = -mean / std
+            self._norm = (a.view(1, 3, 1, 1).to(self.device), b.view(1, 3, 1, 1).to(self.device))
+        return self._norm
 
     def _forward(self, batch_u8):
         """(N, H, W, 3) uint8 tensor -> (N, feature_dim) float32 numpy."""
         import torch
 
         dev = self.device
+        trunk = self.trunk
+        a, b = self._normaliser()
+        # NHWC uint8 permuted to NCHW *is* channels_last in memory: the float copy keeps that
+        # layout, so channels_last costs no extra pass; NCHW needs one.
         x = batch_u8.to(dev, non_blocking=True).permute(0, 3, 1, 2).float()
-        mean = torch.tensor(self.spec.mean, device=dev).view(1, 3, 1, 1)
-        std = torch.tensor(self.spec.std, device=dev).view(1, 3, 1, 1)
-        x = (x * (self.spec.scale / 255.0) - mean) / std
-        if self.settings.channels_last:
-            x = x.contiguous(memory_format=torch.channels_last)
+        if not self.settings.channels_last:
+            x = x.contiguous()
+        x.mul_(a).add_(b)
         prec = self.settings.precision
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
         with torch.inference_mode():
             if dtype is not None:
                 with torch.autocast(device_type=dev.type, dtype=dtype):
-                    fmap = self.trunk(x)
+                    fmap = trunk(x)
             else:
-                fmap = self.trunk(x)
+                fmap = trunk(x)
             fmap = fmap.float()
             if self.pooling == "max":
                 f = fmap.amax(dim=(2, 3))
@@ -229,6 +331,12 @@ class FeatureExtractor:
                 f = torch.cat([torch.nn.functional.normalize(fmap.amax(dim=(2, 3)), dim=1),
                                torch.nn.functional.normalize(fmap.mean(dim=(2, 3)), dim=1)], dim=1)
         return f.cpu().numpy().astype(np.float32, copy=False)
+
+    def _decode_pool(self):
+        from concurrent.futures import ThreadPoolExecutor
+
+        return ThreadPoolExecutor(max_workers=max(1, self.decode_threads),
+                                  thread_name_prefix="animefaces-decode")
 
     # -- in-memory images ----------------------------------------------------------------------
     def transform_images(self, images) -> np.ndarray:
@@ -243,27 +351,67 @@ class FeatureExtractor:
         import torch
 
         h, w = self.spec.input_size
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.feature_dim), np.float32)
+
+        def prepare(im):
+            return resize_to_array(as_rgb_image(im, draft_size=(w, h), max_pixels=self.max_pixels),
+                                   (h, w))
+
         out = []
         bs = self.settings.batch_size
-        images = list(images)
-        for start in range(0, len(images), bs):
-            chunk = images[start:start + bs]
-            arrays = [resize_to_array(as_rgb_image(im, draft_size=(w, h),
-                                                   max_pixels=self.max_pixels), (h, w))
-                      for im in chunk]
-            out.append(self._forward(torch.from_numpy(np.stack(arrays))))
-        if not out:
-            return np.zeros((0, self.feature_dim), np.float32)
+        with self._decode_pool() as pool:
+            for start in range(0, len(images), bs):
+                # map() re-raises the first failure in input order, as a plain loop would.
+                arrays = list(pool.map(prepare, images[start:start + bs]))
+                out.append(self._forward(torch.from_numpy(np.stack(arrays))))
         return np.concatenate(out)
 
     # -- files, through the cache -----------------------------------------------------------------
+    def _batches(self, paths):
+        """Yield ``(idx, (n, H, W, 3) uint8 tensor or None, [(i, reason)])`` per batch of
+        ``paths``, in order; each file is decoded once."""
+        import torch
+
+        bs = self.settings.batch_size
+        size = self.spec.input_size
+        nw = self.settings.num_workers if len(paths) > bs else 0
+        if nw > 0:
+            ds = _PathDataset(paths, size, self.max_pixels)
+            yield from torch.utils.data.DataLoader(
+                ds, batch_size=bs, shuffle=False, num_workers=nw, collate_fn=_collate,
+                pin_memory=self.device.type == "cuda", prefetch_factor=4,
+                persistent_workers=False)
+            return
+        starts = list(range(0, len(paths), bs))
+        pin = self.device.type == "cuda"
+
+        def submit(pool, start):
+            end = min(start + bs, len(paths))
+            return [pool.submit(_decode_path, i, paths[i], size, self.max_pixels)
+                    for i in range(start, end)]
+
+        with self._decode_pool() as pool:
+            ahead = max(0, self.decode_ahead)
+            queued = [submit(pool, s) for s in starts[:ahead + 1]]
+            for k in range(len(starts)):
+                items = [f.result() for f in queued.pop(0)]
+                if k + ahead + 1 < len(starts):
+                    queued.append(submit(pool, starts[k + ahead + 1]))
+                idx, batch, errors = _collate(items)
+                if pin and batch is not None:
+                    batch = batch.pin_memory()
+                yield idx, batch, errors
+
     def extract_files(self, paths, *, cache=None, skip_bad: bool = False, progress: bool = True,
                       flush_every: int = 256, desc: str | None = None):
         """Features for image files, read from / written to ``cache``.
 
-        Each file is hashed; cached hashes are not decoded again; the rest are decoded in
-        workers, run in batches, and flushed to the cache every ``flush_every`` images, so an
-        interrupted run loses at most that many.
+        Each file is hashed; cached hashes are not decoded again; the rest are decoded (each
+        once), run in batches, and flushed to the cache every ``flush_every`` images, so an
+        interrupted run loses at most that many. Memory stays flat however many files there are:
+        only the current batches and the features themselves are held.
 
         Returns:
             (features, keys, bad): features (M, feature_dim) float32 for the M readable files in
@@ -272,7 +420,6 @@ class FeatureExtractor:
         Raises:
             BadImageError: an unreadable file when ``skip_bad`` is False (cached work is kept).
         """
-        import torch
         from tqdm.auto import tqdm
 
         from .cache import FeatureCache, file_sha256
@@ -281,41 +428,43 @@ class FeatureExtractor:
         if cache is None:
             cache = FeatureCache(Path(tempfile_dir()), self.fingerprint, meta=self.describe(),
                                  name=self.spec.name)
+
+        def hash_one(p):
+            try:
+                return file_sha256(p), None
+            except OSError as exc:
+                return None, "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
+
+        # hashlib releases the GIL on large buffers: hash on all cores.
+        with self._decode_pool() as pool:
+            hashed = list(pool.map(hash_one, paths, chunksize=64))
         keys = []
         bad: list[tuple[Path, str]] = []
-        for p in paths:
-            try:
-                keys.append(file_sha256(p))
-            except OSError as exc:
-                reason = "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
+        for p, (k, reason) in zip(paths, hashed):
+            if k is None:
                 if not skip_bad:
-                    raise BadImageError(p, reason) from None
+                    raise BadImageError(p, reason)
                 bad.append((p, reason))
-                keys.append(None)
+            keys.append(k)
         todo_keys = set(cache.missing(k for k in keys if k is not None))
         todo, seen = [], set()
         for p, k in zip(paths, keys):
             if k in todo_keys and k not in seen:
                 seen.add(k)
                 todo.append((p, k))
-        bad_keys = set()
+        bad_reasons: dict[str, str] = {}
         if todo:
-            ds = _PathDataset([p for p, _ in todo], self.spec.input_size, self.max_pixels)
-            nw = self.settings.num_workers if len(todo) > self.settings.batch_size else 0
-            loader = torch.utils.data.DataLoader(
-                ds, batch_size=self.settings.batch_size, shuffle=False, num_workers=nw,
-                collate_fn=_collate, pin_memory=self.device.type == "cuda",
-                prefetch_factor=4 if nw else None, persistent_workers=False)
             bar = tqdm(total=len(todo), desc=desc or f"extract {self.spec.name}", unit="img",
                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
+            batches = self._batches([p for p, _ in todo])
             try:
-                for idx, batch, errors in loader:
+                for idx, batch, errors in batches:
                     for i, reason in errors:
                         p, k = todo[i]
                         if not skip_bad:
                             raise BadImageError(p, reason + "; pass --skip-bad to go on without "
                                                 "it (it will be listed in the report)")
-                        bad_keys.add(k)
+                        bad_reasons[k] = reason
                     if batch is not None:
                         feats = self._forward(batch)
                         cache.add([todo[i][1] for i in idx], feats)
@@ -323,24 +472,17 @@ class FeatureExtractor:
                             cache.flush()
                     bar.update(len(idx) + len(errors))
             finally:
+                batches.close()  # stops the decode threads / workers before we return or raise
                 cache.flush()
                 bar.close()
         bad_paths = {p for p, _ in bad}
         for p, k in zip(paths, keys):
-            if k in bad_keys and p not in bad_paths:
-                bad.append((p, _reason_again(p)))
+            if k in bad_reasons and p not in bad_paths:
+                # Same bytes, same reason: no second decode needed.
+                bad.append((p, bad_reasons[k]))
                 bad_paths.add(p)
-        good = [(p, k) for p, k in zip(paths, keys) if k is not None and k not in bad_keys]
-        good_keys = [k for _, k in good]
+        good_keys = [k for k in keys if k is not None and k not in bad_reasons]
         return cache.get(good_keys), good_keys, bad
-
-
-def _reason_again(path) -> str:
-    try:
-        open_image(path)
-    except BadImageError as exc:
-        return exc.reason
-    return "unreadable"
 
 
 def tempfile_dir() -> str:
