@@ -1,6 +1,6 @@
 """Scan videos for the time ranges where a character's face is on screen.
 
-Sampled frames stream from :func:`animefaces.video.iter_sampled_frames` straight into a trained
+Sampled frames stream from :func:`animefaces.video.sample_frames` straight into a trained
 classifier's ``predict_many`` in batches: nothing is written to disk but the results. Each
 sampled frame gets P(face); :func:`face_ranges` then merges the frames into time ranges with
 hysteresis:
@@ -43,8 +43,8 @@ from PIL import Image
 
 from .cache import atomic_write_bytes, atomic_write_json
 from .errors import AnimeFacesError, ConfigError
-from .video import (BadVideoError, _check_options, _durations, _progress_bar, _versions,
-                    _VideoClock, check_unique_stems, iter_sampled_frames, probe_video)
+from .video import (BadVideoError, Frame, _check_options, _durations, _progress_bar, _versions,
+                    _VideoClock, check_unique_stems, probe_video, sample_frames)
 
 FRAME_CSV_COLUMNS = ("time_s", "frame_index", "p_face", "label", "frame_type")
 RANGE_CSV_COLUMNS = ("range", "start_s", "end_s", "duration_s", "peak_p", "start", "end",
@@ -223,7 +223,7 @@ def face_ranges(times: Sequence[float], probs: Sequence[float], *, on: float = 0
     if not np.all((p >= 0) & (p <= 1)):  # also catches NaN
         bad = int(np.flatnonzero(~((p >= 0) & (p <= 1)))[0])
         raise ConfigError(f"probs must be probabilities in [0, 1]; frame {bad} "
-                          f"(at {t[bad]:.3f} s) has {p[bad]!r}")
+                          f"(at {t[bad]:.3f} s) has {float(p[bad])!r}")
     n = t.size
     step = _infer_step(t, duration) if step is None else float(step)
     gap = step if min_gap is None else float(min_gap)
@@ -287,34 +287,44 @@ def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
     decode_s = classify_s = 0.0
     candidates: dict[int, bytes] = {}  # frame position -> thumbnail, for P crossing up to `on`
     prev_p = -1.0
+
+    def classify(frames: list[Frame]) -> None:
+        nonlocal classify_s, prev_p
+        t = time.perf_counter()
+        preds = classifier.predict_many([f.image for f in frames])
+        classify_s += time.perf_counter() - t
+        if len(preds) != len(frames):
+            raise AnimeFacesError(f"the classifier returned {len(preds)} predictions for "
+                                  f"{len(frames)} frames of {path}")
+        for fr, pred in zip(frames, preds):
+            score = float(pred.score)
+            if thumbnails and score >= settings.on and prev_p < settings.on:
+                # Every range starts at such a frame; which of them do is known at the end.
+                candidates[len(res.frames)] = _thumbnail_bytes(fr.image)
+            prev_p = score
+            res.frames.append(FrameScore(fr.time_s, fr.index, score, str(pred.label),
+                                         fr.frame_type))
+
+    # Batched here rather than with iter_sampled_frames, so that the frames decoded before a
+    # stream error are still classified and kept.
+    pending: list[Frame] = []
     try:
         res.info["video"] = _video_header(path)
-        batches = iter_sampled_frames(path, fps=settings.fps, keyframes=settings.keyframes,
-                                      batch_size=settings.batch_size, seek=settings.seek,
-                                      progress=progress)
-        while True:
-            t1 = time.perf_counter()
-            batch = next(batches, None)
-            t2 = time.perf_counter()
-            decode_s += t2 - t1
-            if batch is None:
-                break
-            preds = classifier.predict_many(batch.images)
-            classify_s += time.perf_counter() - t2
-            if len(preds) != len(batch):
-                raise AnimeFacesError(f"the classifier returned {len(preds)} predictions for "
-                                      f"{len(batch)} frames of {path}")
-            for fr, pred in zip(batch.frames, preds):
-                score = float(pred.score)
-                if thumbnails and score >= settings.on and prev_p < settings.on:
-                    # Every range starts at such a frame; which of them do is known at the end.
-                    candidates[len(res.frames)] = _thumbnail_bytes(fr.image)
-                prev_p = score
-                res.frames.append(FrameScore(fr.time_s, fr.index, score, str(pred.label),
-                                             fr.frame_type))
+        t1 = time.perf_counter()
+        for frame in sample_frames(path, fps=settings.fps, keyframes=settings.keyframes,
+                                   seek=settings.seek, progress=progress):
+            pending.append(frame)
+            if len(pending) == settings.batch_size:
+                decode_s += time.perf_counter() - t1
+                classify(pending)
+                pending = []
+                t1 = time.perf_counter()
+        decode_s += time.perf_counter() - t1
     except BadVideoError as exc:
         res.error = str(exc)
         res.info["exception"] = exc
+    if pending:
+        classify(pending)
     duration = res.info.get("video", {}).get("duration_s")
     times = [f.time_s for f in res.frames]
     step = settings.step_s if settings.step_s is not None else _infer_step(np.asarray(times),
