@@ -354,6 +354,8 @@ def iter_sampled_frames(video_path: os.PathLike | str, *, fps: float | None = 1.
 
     A batch never spans two videos; call this once per video and catch :class:`BadVideoError`
     per video to go on with the others. Only ``batch_size`` decoded frames are held at a time.
+    When the stream breaks midway, the frames decoded before the error come as a last (short)
+    batch and the error is raised on the next iteration.
 
     Args:
         video_path, fps, keyframes, seek, progress: as for :func:`sample_frames`.
@@ -367,11 +369,18 @@ def iter_sampled_frames(video_path: os.PathLike | str, *, fps: float | None = 1.
         raise ConfigError(f"batch_size must be a positive integer (got {batch_size!r})")
     path = Path(video_path)
     batch: list[Frame] = []
-    for frame in sample_frames(path, fps=fps, keyframes=keyframes, seek=seek, progress=progress):
-        batch.append(frame)
-        if len(batch) == batch_size:
+    try:
+        for frame in sample_frames(path, fps=fps, keyframes=keyframes, seek=seek,
+                                   progress=progress):
+            batch.append(frame)
+            if len(batch) == batch_size:
+                yield FrameBatch(path, batch)
+                batch = []
+    except BadVideoError:
+        # Frames decoded before a stream error are good: hand them over, then raise.
+        if batch:
             yield FrameBatch(path, batch)
-            batch = []
+        raise
     if batch:
         yield FrameBatch(path, batch)
 

@@ -349,6 +349,15 @@ def test_bad_input_error_names_the_file(bad_inputs, name, reason):
     assert isinstance(info.value, AnimeFacesError)
 
 
+def test_batches_before_a_stream_error_are_delivered(bad_inputs):
+    got = []
+    with pytest.raises(BadVideoError, match="truncated"):
+        for batch in iter_sampled_frames(bad_inputs["cut_stream"], fps=1, batch_size=16):
+            got.extend(batch.frames)
+    assert got and [f.time_s for f in got] == [float(s) for s in range(len(got))]
+    assert [second_shown(f.image) for f in got] == list(range(len(got)))
+
+
 def test_bad_inputs_do_not_stop_the_others(videos, bad_inputs, tmp_path):
     inputs = [bad_inputs["missing"], videos["mp4"], bad_inputs["text"], bad_inputs["cut_index"],
               bad_inputs["cut_stream"], bad_inputs["audio"], videos["gif"]]
