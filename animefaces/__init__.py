@@ -23,6 +23,10 @@ _LAZY = {
     "load_dataset": "datasets",
     "run_sweep": "sweep",
     "extract_dataset": "sweep",
+    "extract_frames": "video",
+    "sample_frames": "video",
+    "extract_crops": "crops",
+    "run_character_sweep": "character",
     "AnimeFacesError": "errors",
     "BadImageError": "errors",
 }
