@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AnimeFacesError, BadImageError, ModelMismatchError
+from .errors import AnimeFacesError, BadImageError, ConfigError, ModelMismatchError
 
 DEFAULT_MODEL = "models/best"
 # Fields of the feature fingerprint that must match between training and prediction. Precision
@@ -28,10 +28,15 @@ class Prediction:
 
     Attributes:
         source: the file path, or ``<image 3>`` for in-memory inputs.
-        label: ``face`` or ``no_face`` (``error`` when the image could not be read).
-        score: P(face) in [0, 1], from the SVM score through a sigmoid fitted on the validation set.
+        label: ``face`` or ``no_face``; ``unsure`` when P(face) is inside the model's abstain
+            band; ``out_of_domain`` when the input does not look like an anime frame (see
+            ``ood_reason``); ``error`` when the image could not be read.
+        score: P(face) in [0, 1], calibrated on the validation set (Platt or isotonic).
         decision: the raw SVM decision value (> 0 leans to face).
         error: why the image could not be read (only when label == "error").
+        unsure: True when no face / no-face answer is given (label ``unsure`` or ``out_of_domain``).
+        out_of_domain: True when the out-of-domain guard flagged the input.
+        ood_reason: why it was flagged (e.g. ``tiny: shorter side 20 px < 32 px``).
     """
 
     source: str
@@ -39,6 +44,9 @@ class Prediction:
     score: float
     decision: float = float("nan")
     error: str | None = None
+    unsure: bool = False
+    out_of_domain: bool = False
+    ood_reason: str | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -51,15 +59,23 @@ class FaceClassifier:
     ``predict_many`` takes a list of them and runs the CNN in batches.
     """
 
-    def __init__(self, model, extractor, *, threshold: float = 0.5, path: Path | None = None):
+    def __init__(self, model, extractor, *, threshold: float = 0.5, path: Path | None = None,
+                 abstain="auto", ood: bool = True):
         self.model = model
         self.extractor = extractor
         self.threshold = threshold
         self.path = path
+        self.band = resolve_band(abstain, model, threshold=threshold)
+        self.guard = None
+        if ood and model.extras.get("ood"):
+            from .ood import OODGuard
+
+            self.guard = OODGuard.from_dict(model.extras["ood"])
 
     @classmethod
     def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
-             batch_size: int | None = None, threshold: float = 0.5) -> "FaceClassifier":
+             batch_size: int | None = None, threshold: float = 0.5, abstain="auto",
+             ood: bool = True) -> "FaceClassifier":
         """Load a model saved by ``animefaces sweep`` (default: ``models/best``, or the
         ``ANIMEFACES_MODEL`` environment variable).
 
@@ -71,6 +87,10 @@ class FaceClassifier:
             weights: backbone weights (default: found as for extraction; must be the very file the
                 model was trained with: its sha256 is checked).
             threshold: P(face) at or above which the label is ``face``.
+            abstain: ``"auto"`` (the band saved with the model, chosen on val), ``"off"`` /
+                None / False (always answer), a ``(lo, hi)`` pair (unsure when lo < P(face) <
+                hi), or a string ``"lo,hi"`` (as on the command line).
+            ood: apply the out-of-domain guard saved with the model (label ``out_of_domain``).
 
         Raises:
             ModelMismatchError: the backbone's weights or preprocessing differ from training.
@@ -94,7 +114,7 @@ class FaceClassifier:
             detail = "; ".join(f"{k}: trained with {feats.get(k)!r}, now {now.get(k)!r}" for k in diff)
             raise ModelMismatchError(f"model {model_file} does not fit this feature extractor ({detail}); "
                                      f"use the weights file it was trained with, or retrain")
-        return cls(model, fx, threshold=threshold, path=model_file)
+        return cls(model, fx, threshold=threshold, path=model_file, abstain=abstain, ood=ood)
 
     @property
     def backbone(self) -> str:
@@ -137,7 +157,8 @@ class FaceClassifier:
                 if str(p) in bad_reason:
                     results[i] = Prediction(source=str(p), label="error", score=float("nan"),
                                             error=bad_reason[str(p)])
-            self._fill(results, good, X, [str(Path(images[i])) for i in good])
+            stats = self._stats([Path(images[i]) for i in good], files=True)
+            self._fill(results, good, X, [str(Path(images[i])) for i in good], stats)
         if mem_idx:
             from .imageio import as_rgb_image
 
@@ -152,19 +173,75 @@ class FaceClassifier:
                     results[i] = Prediction(source=f"<image {i}>", label="error",
                                             score=float("nan"), error=exc.reason)
             if ok:
-                self._fill(results, ok, fx.transform_images(decoded), [f"<image {i}>" for i in ok])
+                self._fill(results, ok, fx.transform_images(decoded), [f"<image {i}>" for i in ok],
+                           self._stats(decoded, files=False))
         return results
 
-    def _fill(self, results, idx, X, names) -> None:
+    def _stats(self, images, *, files: bool):
+        if self.guard is None or not images:
+            return None
+        from .ood import file_stats, image_stats
+
+        return np.stack([file_stats(im) if files else image_stats(im) for im in images])
+
+    def _fill(self, results, idx, X, names, stats=None) -> None:
         if not idx:
             return
         decision = self.model.decision(X)
-        proba = self.model.proba(X)
-        for i, name, d, p in zip(idx, names, decision, proba):
-            results[i] = Prediction(source=name, label="face" if p >= self.threshold else "no_face",
-                                    score=float(p), decision=float(d))
+        proba = self.model.proba_from_decision(decision)
+        if self.guard is not None and stats is not None:
+            ood, reasons, _ = self.guard.flags(X, stats)
+        else:
+            ood, reasons = np.zeros(len(idx), bool), [None] * len(idx)
+        lo, hi = self.band if self.band is not None else (self.threshold, self.threshold)
+        for i, name, d, p, o, why in zip(idx, names, decision, proba, ood, reasons):
+            if o:
+                label = "out_of_domain"
+            elif lo < p < hi:
+                label = "unsure"
+            else:
+                label = "face" if p >= self.threshold else "no_face"
+            results[i] = Prediction(source=name, label=label, score=float(p), decision=float(d),
+                                    unsure=label in ("unsure", "out_of_domain"),
+                                    out_of_domain=bool(o), ood_reason=why)
 
     def __repr__(self) -> str:
         m = self.model.meta
         return (f"FaceClassifier(backbone={m.get('backbone')!r}, kernel={m.get('kernel')!r}, "
                 f"path={str(self.path)!r})")
+
+
+def resolve_band(abstain, model=None, *, threshold: float = 0.5) -> tuple[float, float] | None:
+    """The abstain band ``(lo, hi)`` to use, or None for no abstention.
+
+    Args:
+        abstain: ``"auto"`` (the model's saved band; None for models without one), ``"off"`` /
+            ``"none"`` / None / False, a ``(lo, hi)`` pair, or a ``"lo,hi"`` string.
+        model: the :class:`~animefaces.svm.TrainedModel` (for ``"auto"``).
+
+    Raises:
+        ConfigError: a malformed band (the message shows the accepted forms).
+    """
+    if abstain is None or abstain is False:
+        return None
+    if isinstance(abstain, str):
+        text = abstain.strip().lower()
+        if text in ("off", "none", "no", "false"):
+            return None
+        if text == "auto":
+            band = (model.extras.get("abstain") or {}).get("band") if model is not None else None
+            return None if band is None else (float(band[0]), float(band[1]))
+        parts = text.replace(" ", "").split(",")
+        try:
+            abstain = tuple(float(x) for x in parts)
+        except ValueError:
+            abstain = ()
+    try:
+        lo, hi = (float(v) for v in abstain)
+    except (TypeError, ValueError):
+        raise ConfigError(f"abstain band {abstain!r}: use 'auto', 'off' or 'lo,hi' with "
+                         f"0 <= lo <= threshold <= hi <= 1 (e.g. '0.05,0.95')") from None
+    if not 0.0 <= lo <= threshold <= hi <= 1.0:
+        raise ConfigError(f"abstain band ({lo}, {hi}): need 0 <= lo <= threshold ({threshold}) "
+                         f"<= hi <= 1, e.g. '0.05,0.95'")
+    return (lo, hi)

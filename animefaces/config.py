@@ -21,7 +21,10 @@ _SCHEMA = {
     "features": {"backbones", "cache_dir", "device", "precision", "pooling", "batch_size", "skip_bad"},
     "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "grid"},
     "output": {"reports_dir", "models_dir"},
+    "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target",
+              "ood", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text"},
 }
+CALIBRATIONS = ("auto", "platt", "isotonic")
 _GRID_KEYS = {"kernel", "C", "gamma", "degree", "coef0"}
 
 
@@ -44,6 +47,19 @@ class SweepConfig:
     grid: list[dict] = field(default_factory=list)
     reports_dir: str = "reports"
     models_dir: str = "models"
+    # [trust]: calibration, abstention and the out-of-domain guard (see configs/default.toml)
+    calibration: str = "auto"
+    calibration_folds: int = 5
+    ece_bins: int = 15
+    abstain: str | list = "auto"
+    abstain_target: float = 0.95
+    ood: bool = True
+    ood_k: int = 5
+    ood_quantile: float = 0.95
+    ood_min_side: int = 32
+    ood_flat: float = 2.0
+    ood_noise: float = 0.3
+    ood_text: bool = True
     source: str = ""
     raw: dict = field(default_factory=dict)
 
@@ -139,6 +155,7 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
         raise ConfigError(f"config {source}: features.batch_size = {cfg.batch_size!r}; use 0 (default) or a positive integer")
     if not isinstance(cfg.n_jobs, int) or cfg.n_jobs < -1:
         raise ConfigError(f"config {source}: svm.n_jobs = {cfg.n_jobs!r}; use 0 (one per core), -1 or a positive integer")
+    _check_trust(cfg, source, choice)
     if not cfg.grid:
         raise ConfigError(f"config {source}: svm.grid is empty; add at least one [[svm.grid]] table")
     grid = []
@@ -166,3 +183,37 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
         grid.append(e)
     cfg.grid = grid
     return cfg
+
+
+def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
+    """Validate the [trust] section."""
+    def number(name, value, lo, hi, *, integer=False):
+        ok = isinstance(value, int) if integer else isinstance(value, (int, float))
+        if isinstance(value, bool) or not ok or not lo <= value <= hi:
+            kind = "an integer" if integer else "a number"
+            raise ConfigError(f"config {source}: trust.{name} = {value!r}; use {kind} in [{lo}, {hi}]")
+
+    def boolean(name, value):
+        if not isinstance(value, bool):
+            raise ConfigError(f"config {source}: trust.{name} = {value!r}; use true or false")
+
+    choice("trust.calibration", cfg.calibration, CALIBRATIONS)
+    number("calibration_folds", cfg.calibration_folds, 2, 20, integer=True)
+    number("ece_bins", cfg.ece_bins, 2, 100, integer=True)
+    number("abstain_target", cfg.abstain_target, 0.5, 0.9999)
+    a = cfg.abstain
+    if isinstance(a, list):
+        if (len(a) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a)
+                or not 0.0 <= a[0] <= 0.5 <= a[1] <= 1.0):
+            raise ConfigError(f"config {source}: trust.abstain = {a!r}; use \"auto\", \"off\" or "
+                              f"[lo, hi] with 0 <= lo <= 0.5 <= hi <= 1")
+        cfg.abstain = [float(a[0]), float(a[1])]
+    else:
+        choice("trust.abstain", a, ("auto", "off"))
+    boolean("ood", cfg.ood)
+    boolean("ood_text", cfg.ood_text)
+    number("ood_k", cfg.ood_k, 1, 100, integer=True)
+    number("ood_quantile", cfg.ood_quantile, 0.5, 1.0)
+    number("ood_min_side", cfg.ood_min_side, 0, 10000, integer=True)
+    number("ood_flat", cfg.ood_flat, 0.0, 255.0)
+    number("ood_noise", cfg.ood_noise, -1.0, 1.0)

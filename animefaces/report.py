@@ -14,6 +14,8 @@ from pathlib import Path
 from .cache import atomic_write_bytes, atomic_write_json
 
 SPLITS = ("train", "val", "test", "distinct")
+# Table markers for the degenerate-model flags of results["fits"][i]["flags"] (footnotes explain).
+FLAG_MARKERS = {"one_class": "†", "near_majority": "‡"}
 
 
 def _fmt(x) -> str:
@@ -35,7 +37,8 @@ def table_rows(results: dict) -> list[dict]:
                      "params": _params_str(f["params"]),
                      "random_weights": bool(info.get("random_weights")),
                      **{s: f["accuracy"].get(s) for s in SPLITS},
-                     "flags": list(f.get("flags", []))})
+                     "flags": [FLAG_MARKERS.get(x, x) for x in f.get("flags", [])],
+                     "calibration": f.get("calibration")})
     return rows
 
 
@@ -76,7 +79,8 @@ def table2_markdown(results: dict) -> str:
     best = results.get("best") or {}
     backbones = list(dict.fromkeys(_name(r) for r in rows))
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
-    cell = {(_name(r), r["kernel"]): _mark(r, "distinct", best) for r in rows}
+    cell = {(_name(r), r["kernel"]): _mark(r, "distinct", best) + (" " + " ".join(r["flags"]) if r["flags"] else "")
+            for r in rows}
     lines = ["| kernel | " + " | ".join(backbones) + " |", "|---" * (len(backbones) + 1) + "|"]
     for k in kernels:
         lines.append(f"| {k} | " + " | ".join(cell.get((b, k), "") or "n/a" for b in backbones) + " |")
@@ -110,6 +114,10 @@ def summary_markdown(results: dict) -> str:
         out += ["## Skipped backbones", ""]
         out += [f"- **{n}**: {i['reason']}" for n, i in skipped.items()]
         out.append("")
+    if any(r.get("calibration") for r in table_rows(results)):
+        out += ["## Table 3: calibration of P(face) (ECE, 15 bins / Brier; before -> after; "
+                "calibrator fitted on val)", "", calibration_markdown(results), ""]
+    out += trust_markdown(results)
     footnotes = results.get("footnotes") or []
     if footnotes:
         out += ["## Notes", ""] + [f"- {f}" for f in footnotes] + [""]
@@ -118,6 +126,77 @@ def summary_markdown(results: dict) -> str:
         out += [f"- `{b['path']}`: {b['reason']}" for b in results["bad_files"]]
         out.append("")
     return "\n".join(out)
+
+
+def calibration_markdown(results: dict) -> str:
+    """Table 3: per table row, ECE and Brier on test and distinct before -> after calibration."""
+    rows = [r for r in table_rows(results) if r.get("calibration")]
+    splits = [s for s in ("test", "distinct") if any(s in r["calibration"]["splits"] for r in rows)]
+    head = "| backbone | kernel | calibrator | " + " | ".join(
+        f"{s} ECE | {s} Brier" for s in splits) + " |"
+    lines = [head, "|---" * (3 + 2 * len(splits)) + "|"]
+    for r in rows:
+        c = r["calibration"]
+        cells = []
+        for s in splits:
+            m = c["splits"].get(s)
+            if not m:
+                cells += ["", ""]
+                continue
+            cells += [f"{m['raw']['ece']:.3f} -> {m['calibrated']['ece']:.3f}",
+                      f"{m['raw']['brier']:.4f} -> {m['calibrated']['brier']:.4f}"]
+        lines.append(f"| {_name(r)} | {r['kernel']} | {c['method']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def trust_markdown(results: dict) -> list[str]:
+    """Abstention and out-of-domain sections of report.md (empty when the run has none)."""
+    trust = results.get("trust") or {}
+    out = []
+    ab = trust.get("abstain")
+    if ab:
+        band = ab.get("band")
+        out += ["## Abstention (best model)", "",
+                f"- band: {'off' if band is None else f'unsure when {band[0]:.4f} < P(face) < {band[1]:.4f}'}"
+                f" ({ab.get('how')})", "",
+                "| split | coverage | risk when answering | risk answering all | AURC |", "|---|---|---|---|---|"]
+        for s, v in ab["splits"].items():
+            rc = ab.get("risk_coverage", {}).get(s, {})
+            out.append(f"| {s} | {_fmt(v['coverage'])} | {_fmt(v['risk'])} | {_fmt(v['full_risk'])} "
+                       f"| {_fmt(rc.get('aurc'))} |")
+        out.append("")
+    ood = trust.get("ood")
+    if ood:
+        thr = ood.get("thresholds", {})
+        out += ["## Out-of-domain guard (best model)", "",
+                f"- feature distance thresholds: colour {thr.get('colour', float('nan')):.3f}, "
+                f"grayscale {thr.get('gray', float('nan')):.3f} ({ood['info'].get('reference')}, "
+                f"quantile {ood['quantile']}, k = {ood['k']})",
+                "- flags on the data, all of which are anime images (false flags):", "",
+                "| split | flagged | rate | by reason |", "|---|---|---|---|"]
+        for s, v in ood["false_flags"].items():
+            reasons = ", ".join(f"{k} {n}" for k, n in v["by_reason"].items())
+            out.append(f"| {s} | {v['flagged']} / {v['n']} | {_fmt(v['rate'])} | {reasons} |")
+        out.append("")
+    return out
+
+
+def write_predictions(path: Path, rows: list[dict], *, root: Path | None = None) -> None:
+    """Per-image scores of the best model (paths relative to ``root`` when inside it)."""
+    cols = ["path", "split", "group", "y", "decision", "p", "pred", "ood", "ood_reason", "ood_distance"]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        p = Path(r["path"])
+        if root is not None:
+            try:
+                p = p.resolve().relative_to(root)
+            except ValueError:
+                pass
+        w.writerow(dict(r, path=p.as_posix(), decision=f"{r['decision']:.5g}", p=f"{r['p']:.5g}",
+                        ood_distance=f"{r['ood_distance']:.4g}"))
+    atomic_write_bytes(Path(path), buf.getvalue().encode())
 
 
 def write_reports(results: dict, run_dir: Path) -> None:

@@ -42,6 +42,8 @@ class FitResult:
     predict_seconds: float
     pipeline: object = field(repr=False, default=None)
     positive_rate: dict[str, float] = field(default_factory=dict)
+    # Decision values per split, (n,) float64: calibration and trust metrics are computed from them.
+    decision: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
 
 
 def _scaled(X: dict, scaling: str) -> dict:
@@ -94,14 +96,15 @@ def _fit_precomputed(row, params, Xs, y, grams, sq, cache_size, seed):
         warnings.simplefilter("ignore")  # ConvergenceWarning: visible in the accuracies instead
         svc.fit(K["train"], y["train"])
     t1 = time.perf_counter()
-    acc, pos = {}, {}
+    acc, pos, dec = {}, {}, {}
     for split in Xs:
         if len(Xs[split]):
             pred = svc.predict(K[split])
             acc[split] = float(np.mean(pred == y[split]))
             pos[split] = float(np.mean(pred == 1))
+            dec[split] = svc.decision_function(K[split]).astype(np.float64)
     return FitResult(row=row, params=params, accuracy=acc, fit_seconds=t1 - t0,
-                     predict_seconds=time.perf_counter() - t1, positive_rate=pos)
+                     predict_seconds=time.perf_counter() - t1, positive_rate=pos, decision=dec)
 
 
 def fit_grid(X: dict[str, np.ndarray], y: dict[str, np.ndarray], rows, *, scaling="l2",
@@ -178,6 +181,41 @@ def select_per_row(results: list[FitResult], *, on: str = "val", n: int = 0) -> 
             for row, rs in rows.items()}
 
 
+FLAG_ONE_CLASS = "one_class"
+FLAG_NEAR_MAJORITY = "near_majority"
+
+
+def degenerate_flags(result: FitResult, y: dict[str, np.ndarray], *, one_class: float = 0.95,
+                     balanced: float = 0.4, margin: float = 0.05) -> tuple[list[str], dict]:
+    """Flags for a model that has learnt (almost) nothing.
+
+    ``one_class``: on some balanced split (the rarer label is at least ``balanced`` of it) the
+    model predicts one class for at least ``one_class`` of the images. ``near_majority``: its
+    val accuracy is within ``margin`` of always answering the majority label of val.
+
+    Returns:
+        (flags, details) with the evidence for each flag.
+    """
+    flags, details = [], {}
+    for split, rate in result.positive_rate.items():
+        ys = y.get(split)
+        if ys is None or not len(ys):
+            continue
+        pos = float(np.mean(ys == 1))
+        if min(pos, 1 - pos) >= balanced and max(rate, 1 - rate) >= one_class:
+            if FLAG_ONE_CLASS not in flags:
+                flags.append(FLAG_ONE_CLASS)
+            details.setdefault(FLAG_ONE_CLASS, []).append(
+                {"split": split, "predicted_face": round(rate, 4), "actual_face": round(pos, 4)})
+    if "val" in result.accuracy and y.get("val") is not None and len(y["val"]):
+        majority = float(max(np.mean(y["val"] == 1), np.mean(y["val"] == 0)))
+        if result.accuracy["val"] <= majority + margin:
+            flags.append(FLAG_NEAR_MAJORITY)
+            details[FLAG_NEAR_MAJORITY] = {"val_accuracy": round(result.accuracy["val"], 4),
+                                           "val_majority_rate": round(majority, 4)}
+    return flags, details
+
+
 def platt_fit(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Sigmoid ``P = 1 / (1 + exp(a*s + b))`` fitted to decision scores (Platt 1999, with his
     target smoothing) by logistic regression. Returns (a, b)."""
@@ -207,6 +245,9 @@ class TrainedModel:
         pipeline: sklearn ``Pipeline(scale, SVC)``; classes are 0 (no_face) and 1 (face).
         platt: (a, b) of the score-to-probability sigmoid (fitted on val).
         meta: backbone / features / params / metrics / versions (saved as JSON beside the model).
+        extras: optional parts saved with the model: ``calibration`` (the calibrator chosen on
+            val, see :mod:`animefaces.calibration`; used by :meth:`proba` instead of ``platt``),
+            ``abstain`` (``{"band": [lo, hi], ...}``) and ``ood`` (an :class:`OODGuard` as a dict).
     """
 
     pipeline: object
@@ -218,8 +259,16 @@ class TrainedModel:
         return self.pipeline.decision_function(X)
 
     def proba(self, X: np.ndarray) -> np.ndarray:
-        """P(face) per row, (n,) float64."""
-        return platt_apply(self.decision(X), self.platt)
+        """P(face) per row, (n,) float64, calibrated on val."""
+        return self.proba_from_decision(self.decision(X))
+
+    def proba_from_decision(self, decision: np.ndarray) -> np.ndarray:
+        cal = self.extras.get("calibration")
+        if cal:
+            from .calibration import apply_calibrator
+
+            return apply_calibrator(cal, decision)
+        return platt_apply(decision, self.platt)
 
 
 def _versions() -> dict:

@@ -138,9 +138,10 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         :class:`SweepResult` with the run folder and the best model's path.
     """
     from . import __version__
-    from .report import write_reports
-    from .svm import (TrainedModel, _versions, fit_grid, one_se_pick, platt_fit, refit,
-                      save_model, select_per_row)
+    from .report import write_predictions, write_reports
+    from .calibration import summarize
+    from .svm import (TrainedModel, _versions, degenerate_flags, fit_grid, one_se_pick, platt_fit,
+                      refit, save_model, select_per_row)
 
     t_start = time.perf_counter()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -195,10 +196,18 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                                "n_bad": len(feats.bad),
                                "random_weights": feats.meta["random_weights"]}
         for r in results:
+            flags, flag_details = degenerate_flags(r, y)
             fits.append({"backbone": name, "kernel": r.row, "params": r.params,
                          "accuracy": r.accuracy, "positive_rate": r.positive_rate,
                          "fit_seconds": round(r.fit_seconds, 4),
-                         "selected": best_rows[r.row] is r})
+                         "selected": best_rows[r.row] is r, "flags": flags})
+            if flag_details:
+                fits[-1]["degenerate"] = flag_details
+            if best_rows[r.row] is r:
+                # Calibration of every table row (on val), measured on every split.
+                fits[-1]["calibration"] = summarize(
+                    r.decision, y, method=cfg.calibration, folds=cfg.calibration_folds,
+                    n_bins=cfg.ece_bins, seed=cfg.seed)[2]
         for row_name, r in best_rows.items():
             candidates.append((name, r, X, y, feats))
 
@@ -213,6 +222,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
                      cache_size=cfg.cache_size, seed=cfg.seed)
     platt = platt_fit(pipeline.decision_function(X["val"]), y["val"])
+    extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, cache_dir, progress)
     run_id = run_dir.name
     model_meta = {
         "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
@@ -221,7 +231,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta)
+    model_meta["trust"] = {k: dict(trust[k]) for k in ("calibration", "abstain", "ood") if k in trust}
+    model_meta["trust"].get("abstain", {}).pop("risk_coverage", None)
+    model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta, extras=extras)
     models_root = Path(models_dir or cfg.models_dir)
     model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
     best_path = save_model(model, models_root / "best")
@@ -240,14 +252,120 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
                  "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
                  "platt": list(platt)},
+        "trust": trust,
+        "footnotes": _flag_footnotes(fits),
         "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
         "timings": {"extract_seconds": round(extract_seconds, 3),
                     "fit_seconds": round(fit_seconds, 3)},
         "versions": dict(_versions(), animefaces=__version__),
     }
     results_doc["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    write_predictions(run_dir / "predictions.csv", per_image, root=_data_root(ds))
+    results_doc["predictions"] = {"file": "predictions.csv", "data_root": str(_data_root(ds))}
     write_reports(results_doc, run_dir)
+    try:
+        from .html_report import write_html_report
+
+        write_html_report(run_dir)
+    except ImportError as exc:  # matplotlib is the optional 'report' extra
+        _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
     _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
          + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
          + f"; model {model_path}", progress)
     return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
+
+
+def _data_root(ds: Dataset) -> Path:
+    src = Path(ds.source)
+    return (src.parent if src.suffix.lower() == ".csv" else src).resolve()
+
+
+def _flag_footnotes(fits: list[dict]) -> list[str]:
+    """One footnote per kind of degenerate-model flag shown in the tables."""
+    from .report import FLAG_MARKERS
+    from .svm import FLAG_NEAR_MAJORITY, FLAG_ONE_CLASS
+
+    shown = {f for fit in fits if fit["selected"] for f in fit.get("flags", [])}
+    hidden = sum(1 for fit in fits if not fit["selected"] and fit.get("flags"))
+    notes = []
+    if FLAG_ONE_CLASS in shown:
+        notes.append(f"{FLAG_MARKERS[FLAG_ONE_CLASS]} degenerate: predicts one class for >= 95% of "
+                     f"a balanced split (see results.json fits[].degenerate)")
+    if FLAG_NEAR_MAJORITY in shown:
+        notes.append(f"{FLAG_MARKERS[FLAG_NEAR_MAJORITY]} degenerate: val accuracy within 5 points "
+                     f"of always answering the majority label")
+    if hidden:
+        notes.append(f"{hidden} other fitted parameter set(s), not chosen for the tables, are "
+                     f"flagged as degenerate in results.json")
+    return notes
+
+
+def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFeatures,
+               cache_dir: Path, progress: bool):
+    """Calibrator, abstain band and out-of-domain guard for the chosen model (all fitted on
+    train / val), their measurements on every split, and per-image rows for predictions.csv.
+
+    Returns:
+        (model extras, the ``trust`` section of results.json, per-image rows).
+    """
+    from .calibration import abstain_summary, apply_band, choose_band, summarize
+
+    dec = {s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
+    cal, info, cal_summary = summarize(dec, y, method=cfg.calibration, folds=cfg.calibration_folds,
+                                       n_bins=cfg.ece_bins, seed=cfg.seed)
+    from .calibration import apply_calibrator
+
+    probs = {s: apply_calibrator(cal, d) for s, d in dec.items()}
+    if cfg.abstain == "off":
+        band, how = None, "abstention off in the config"
+    elif isinstance(cfg.abstain, list):
+        band, how = tuple(cfg.abstain), "fixed in the config"
+    else:
+        band, how = choose_band(info["oof"], y["val"], target=cfg.abstain_target)
+    extras = {"calibration": cal,
+              "abstain": {"band": None if band is None else list(band), "target": cfg.abstain_target,
+                          "how": how}}
+    trust = {"calibration": cal_summary,
+             "abstain": abstain_summary(band, how, probs, y,
+                                        target=cfg.abstain_target if cfg.abstain == "auto" else None)}
+    split_of = np.array([r.split for r in feats.records])
+    n = len(feats.records)
+    ood_flag = np.zeros(n, bool)
+    ood_reason: list = [None] * n
+    ood_dist = np.full(n, np.nan)
+    if cfg.ood:
+        from .ood import OODGuard, flag_summary, is_gray, stats_for_files
+
+        t0 = time.perf_counter()
+        stats = stats_for_files([r.path for r in feats.records], cache_dir=cache_dir / "image-stats",
+                                n_jobs=min(2, os.cpu_count() or 1))
+        groups = np.array([r.group or "" for r in feats.records], dtype=object)
+        guard = OODGuard(min_side=cfg.ood_min_side, flat_resid=cfg.ood_flat,
+                         noise_autocorr=cfg.ood_noise, k=cfg.ood_k, quantile=cfg.ood_quantile,
+                         text=cfg.ood_text)
+        tr, va = split_of == "train", split_of == "val"
+        guard.fit(feats.X[tr], groups_train=groups[tr], gray_train=is_gray(stats[tr]),
+                  X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]))
+        ood_flag, ood_reason, ood_dist = guard.flags(feats.X, stats)
+        extras["ood"] = guard.to_dict()
+        trust["ood"] = dict(guard.describe(),
+                            false_flags=flag_summary(ood_flag, ood_reason, split_of, groups),
+                            seconds=round(time.perf_counter() - t0, 3))
+        _log(f"[sweep] out-of-domain guard: flags " + ", ".join(
+            f"{s} {v['rate']:.1%}" for s, v in trust["ood"]["false_flags"].items())
+             + " of the (in-domain) data", progress)
+    # Per-image rows in record order (X[s] keeps record order within a split).
+    pos = {s: 0 for s in X}
+    rows = []
+    band_labels = {s: apply_band(probs[s], band) for s in probs}
+    for i, r in enumerate(feats.records):
+        s = r.split
+        j = pos[s]
+        pos[s] += 1
+        lab = int(band_labels[s][j])
+        rows.append({"path": r.path, "split": s, "group": r.group or "", "y": int(y[s][j]),
+                     "decision": float(dec[s][j]), "p": float(probs[s][j]),
+                     "pred": {1: "face", 0: "no_face", -1: "unsure"}[lab],
+                     "ood": int(ood_flag[i]), "ood_reason": ood_reason[i] or "",
+                     "ood_distance": float(ood_dist[i])})
+    return extras, trust, rows

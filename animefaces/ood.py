@@ -1,0 +1,465 @@
+"""Out-of-domain guard: say "this is not an anime frame" instead of forcing face / no face.
+
+Two kinds of evidence, each with a reason a person can read:
+
+* cheap image statistics, computed on a small thumbnail (a few ms per image):
+  ``tiny``   the shorter side is below ``min_side`` pixels;
+  ``flat``   nothing but a smooth surface: the colour left after fitting a quadratic surface to
+             each channel has a standard deviation below ``flat_resid`` grey levels (blank,
+             near-uniform and gradient frames);
+  ``noise``  neighbouring pixels are nearly uncorrelated (lag-1 autocorrelation below
+             ``noise_autocorr``): random noise, snow;
+  ``text``   a text slide: one background colour covers >= 60% of the thumbnail, >= 80% of the
+             pixels lie on the line between two colours, and the foreground forms >= 5 rows
+             separated by empty rows, with short strokes (glyphs) rather than long lines.
+* the CNN features the classifier already uses: the mean cosine distance to the ``k`` nearest
+  training images. The threshold is a high quantile of the same distance for train and val
+  images measured *with their own group left out* (a stand-in for series never seen in
+  training), taken separately for colour and grayscale images (grayscale inputs are compared
+  with grayscale training images, which are few and distinct).
+
+The thresholds on image statistics are fixed, physical ones (configurable in ``[trust]``); the
+feature-distance threshold is fitted during the sweep and saved with the model.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+STAT_NAMES = ("min_side", "resid", "autocorr", "chroma", "top", "twotone", "bands", "strokes")
+STATS_VERSION = 2
+_THUMB = 128
+
+
+@lru_cache(maxsize=4)
+def _quad_pinv(h: int, w: int) -> np.ndarray:
+    yy, xx = np.mgrid[0:h, 0:w]
+    yy = yy / max(h, 1) - 0.5
+    xx = xx / max(w, 1) - 0.5
+    basis = np.stack([np.ones_like(xx), xx, yy, xx * xx, yy * yy, xx * yy], -1).reshape(-1, 6)
+    return basis, np.linalg.pinv(basis)
+
+
+def _runs(mask: np.ndarray) -> int:
+    """Number of runs of True in a 1-D boolean array."""
+    m = np.asarray(mask, np.int8)
+    return int(np.sum(np.diff(np.concatenate([[0], m])) == 1))
+
+
+def image_stats(img, *, size: tuple[int, int] | None = None) -> np.ndarray:
+    """Cheap statistics of one image, in :data:`STAT_NAMES` order, (8,) float64.
+
+    Args:
+        img: an RGB PIL image (any size; it is thumbnailed to at most 128 px).
+        size: the original (width, height) when ``img`` was decoded at reduced size.
+    """
+    from PIL import Image
+
+    w, h = size or img.size
+    im = img if img.mode == "RGB" else img.convert("RGB")
+    if max(im.size) > _THUMB:
+        im = im.copy()
+        im.thumbnail((_THUMB, _THUMB), Image.BILINEAR)
+    a = np.asarray(im, np.float64)
+    H, W, _ = a.shape
+    flat = a.reshape(-1, 3)
+    small = np.asarray(im.resize((64, 64), Image.BILINEAR), np.float64).reshape(-1, 3)
+    basis, pinv = _quad_pinv(64, 64)
+    resid = float((small - basis @ (pinv @ small)).std())
+    g = a @ np.array([0.299, 0.587, 0.114])
+    gc = g - g.mean()
+    v = float((gc * gc).mean())
+    if v > 1e-6 and H > 1 and W > 1:
+        ac = float(min((gc[:, 1:] * gc[:, :-1]).mean(), (gc[1:] * gc[:-1]).mean()) / v)
+    else:
+        ac = 1.0
+    chroma = float(np.mean(a.max(2) - a.min(2)))
+    # Dominant colour (4-bit bins) and the line to the most common clearly different colour.
+    q = flat.astype(np.int64) >> 4
+    codes = q[:, 0] * 256 + q[:, 1] * 16 + q[:, 2]
+    cnt = np.bincount(codes, minlength=4096)
+    order = np.argsort(-cnt, kind="stable")
+    c1 = flat[codes == order[0]].mean(0)
+    top = float(cnt[order[0]] / len(codes))
+    centres = np.stack([(order >> 8) & 15, (order >> 4) & 15, order & 15], 1) * 16.0 + 8.0
+    far = (np.linalg.norm(centres - c1, axis=1) > 64) & (cnt[order] > 0)
+    if far.any():
+        c2 = centres[np.argmax(far)]
+        d = c2 - c1
+        t = np.clip(((flat - c1) @ d) / (d @ d), 0, 1)
+        twotone = float(np.mean(np.linalg.norm(flat - (c1 + t[:, None] * d), axis=1) < 24))
+    else:
+        twotone = 1.0
+    # Text rows: foreground (far from the background colour) in rows separated by empty rows,
+    # with many short strokes per row (glyphs), unlike the long lines of drawings.
+    fg = (np.linalg.norm(a - c1, axis=2) > 48)
+    occ = fg.mean(1)
+    text_rows = occ > 0.01
+    bands = _runs(text_rows) if np.any(occ <= 0.002) else 0
+    if text_rows.any():
+        changes = np.abs(np.diff(fg[text_rows].astype(np.int8), axis=1)).sum(1)
+        strokes = float(np.mean(changes) / W)
+    else:
+        strokes = 0.0
+    return np.array([min(w, h), resid, ac, chroma, top, twotone, bands, strokes], np.float64)
+
+
+def file_stats(path: os.PathLike | str) -> np.ndarray:
+    """:func:`image_stats` of an image file (decoded at reduced size; the size test uses the
+    file's real size)."""
+    from PIL import Image
+
+    from .imageio import open_image
+
+    with Image.open(path) as im:
+        size = im.size
+    return image_stats(open_image(path, draft_size=(_THUMB, _THUMB)), size=size)
+
+
+def stats_for_files(paths, *, cache_dir: os.PathLike | str | None = None, n_jobs: int = 2) -> np.ndarray:
+    """:func:`file_stats` for many files, (n, 8) float64, in threads, cached by (path, size,
+    mtime) in ``cache_dir/image-stats-v1.npz`` when a cache folder is given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    paths = [Path(p) for p in paths]
+    keys = []
+    for p in paths:
+        st = p.stat()
+        keys.append(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}")
+    known: dict[str, np.ndarray] = {}
+    cache_file = Path(cache_dir) / f"image-stats-v{STATS_VERSION}.npz" if cache_dir else None
+    if cache_file and cache_file.is_file():
+        try:
+            with np.load(cache_file, allow_pickle=False) as z:
+                known = dict(zip(z["keys"].tolist(), z["stats"]))
+        except (OSError, ValueError, KeyError):
+            known = {}
+    todo = [i for i, k in enumerate(keys) if k not in known]
+    if todo:
+        with ThreadPoolExecutor(max(1, n_jobs)) as pool:
+            for i, s in zip(todo, pool.map(lambda i: file_stats(paths[i]), todo)):
+                known[keys[i]] = s
+        if cache_file:
+            import io
+
+            from .cache import atomic_write_bytes
+
+            buf = io.BytesIO()
+            ks = sorted(known)
+            np.savez(buf, keys=np.array(ks), stats=np.stack([known[k] for k in ks]))
+            atomic_write_bytes(cache_file, buf.getvalue())
+    if not paths:
+        return np.zeros((0, len(STAT_NAMES)))
+    return np.stack([known[k] for k in keys])
+
+
+def _unit(X) -> np.ndarray:
+    X = np.asarray(X, np.float32)
+    n = np.linalg.norm(X, axis=1, keepdims=True)
+    return X / np.maximum(n, 1e-12)
+
+
+@dataclass
+class OODGuard:
+    """Flags inputs that are not anime frames. Fit with :meth:`fit`; use :meth:`check`.
+
+    Attributes:
+        min_side: shorter side in pixels below which an image is ``tiny``.
+        flat_resid: grey levels; below this the image is a smooth surface (``flat``).
+        noise_autocorr: below this lag-1 autocorrelation the image is ``noise``.
+        gray_chroma: mean (max - min) over RGB below which an image counts as grayscale.
+        k: neighbours for the feature distance.
+        quantile: of the leave-group-out distances of train + val images, used as threshold.
+        text: on/off for the text-slide test.
+    """
+
+    min_side: int = 32
+    flat_resid: float = 2.0
+    noise_autocorr: float = 0.3
+    gray_chroma: float = 2.0
+    k: int = 5
+    quantile: float = 0.95
+    text: bool = True
+    train: np.ndarray | None = field(default=None, repr=False)  # (n, d) float16, unit rows
+    thresholds: dict = field(default_factory=dict)
+    info: dict = field(default_factory=dict)
+
+    # -- feature distance ------------------------------------------------------------------------
+    def distance(self, X, *, exclude: np.ndarray | None = None) -> np.ndarray:
+        """Mean cosine distance (sqrt(2 - 2 cos)) to the k nearest training images, (n,).
+
+        Args:
+            X: (n, d) features, as the classifier gets them.
+            exclude: optional (n, n_train) bool mask of training images to ignore per row.
+        """
+        T = self.train.astype(np.float32)
+        Q = _unit(X)
+        out = np.empty(len(Q))
+        for start in range(0, len(Q), 512):
+            D = np.sqrt(np.maximum(2.0 - 2.0 * (Q[start:start + 512] @ T.T), 0.0))
+            if exclude is not None:
+                D[exclude[start:start + 512]] = np.inf
+            k = min(self.k, D.shape[1])
+            part = np.partition(D, k - 1, axis=1)[:, :k]
+            out[start:start + 512] = part.mean(1)
+        return out
+
+    def fit(self, X_train, *, groups_train=None, gray_train=None, X_val=None, groups_val=None,
+            gray_val=None) -> "OODGuard":
+        """Store the training features and set the distance thresholds.
+
+        Reference distances: every train and val image's distance to the training images of
+        *other* groups (when there are at least 3 groups; otherwise to the other images), so the
+        threshold reflects images of series the classifier has not seen.
+        """
+        self.train = _unit(X_train).astype(np.float16)
+        X_ref = np.asarray(X_train) if X_val is None else np.concatenate([X_train, X_val])
+        n_tr = len(X_train)
+        g_tr = np.asarray(groups_train if groups_train is not None else [""] * n_tr, dtype=object)
+        g_ref = g_tr if X_val is None else np.concatenate(
+            [g_tr, np.asarray(groups_val if groups_val is not None else [""] * len(X_val), dtype=object)])
+        gray_ref = np.zeros(len(X_ref), bool)
+        if gray_train is not None:
+            gray_ref[:n_tr] = gray_train
+        if X_val is not None and gray_val is not None:
+            gray_ref[n_tr:] = gray_val
+        if len(set(g_tr.tolist())) >= 3:
+            exclude = g_ref[:, None] == g_tr[None, :]
+            how = "leave-group-out"
+        else:
+            exclude = np.zeros((len(X_ref), n_tr), bool)
+            exclude[np.arange(n_tr), np.arange(n_tr)] = True
+            how = "leave-one-out"
+        d = self.distance(X_ref, exclude=exclude)
+        d = np.where(np.isfinite(d), d, np.nan)
+        colour = d[~gray_ref]
+        self.thresholds = {"colour": float(np.nanquantile(colour, self.quantile))}
+        n_gray = int(np.sum(gray_ref))
+        # Grayscale inputs get their own threshold only when there are enough grayscale
+        # training images to estimate it; otherwise the colour one.
+        self.thresholds["gray"] = (float(np.nanquantile(d[gray_ref], self.quantile))
+                                   if n_gray >= 20 else self.thresholds["colour"])
+        self.info = {"reference": how, "n_reference": int(len(d)), "n_gray_reference": n_gray,
+                     "k": self.k, "quantile": self.quantile,
+                     "reference_quantiles": {str(q): float(np.nanquantile(d, q))
+                                             for q in (0.5, 0.9, 0.95, 0.99)}}
+        return self
+
+    # -- decisions --------------------------------------------------------------------------------
+    def flags(self, X, stats) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+        """Decide for each image.
+
+        Args:
+            X: (n, d) features, as the classifier gets them; stats: (n, 8) from :func:`image_stats`.
+
+        Returns:
+            ((n,) bool out of domain, a reason per image (None when in domain), (n,) feature
+            distances).
+        """
+        stats = np.atleast_2d(np.asarray(stats, np.float64))
+        dist = self.distance(X) if self.train is not None and len(X) else np.zeros(len(stats))
+        reasons = [self._reason(s, float(d)) for s, d in zip(stats, dist)]
+        return np.array([r is not None for r in reasons], bool), reasons, dist
+
+    def _reason(self, s, d: float) -> str | None:
+        min_side, resid, ac, chroma, top, twotone, bands, strokes = s
+        if min_side < self.min_side:
+            return f"tiny: shorter side {int(min_side)} px < {self.min_side} px"
+        if resid < self.flat_resid:
+            return (f"flat: blank, near-uniform or gradient (texture {resid:.2f} grey levels "
+                    f"< {self.flat_resid:g})")
+        if ac < self.noise_autocorr:
+            return f"noise: neighbouring pixels uncorrelated (autocorrelation {ac:.2f} < {self.noise_autocorr:g})"
+        if self.text and top >= 0.6 and twotone >= 0.8 and bands >= 5 and strokes >= 0.04:
+            return (f"text slide: {top:.0%} one background colour, two-tone, {int(bands)} rows "
+                    f"of glyph-like strokes")
+        if self.thresholds:
+            gray = chroma < self.gray_chroma
+            thr = self.thresholds["gray" if gray else "colour"]
+            if d > thr:
+                return (f"unlike the training images: feature distance {d:.3f} > {thr:.3f} "
+                        f"({'grayscale' if gray else 'colour'} threshold)")
+        return None
+
+    # -- persistence ------------------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        return {"min_side": self.min_side, "flat_resid": self.flat_resid,
+                "noise_autocorr": self.noise_autocorr, "gray_chroma": self.gray_chroma,
+                "k": self.k, "quantile": self.quantile, "text": self.text,
+                "train": self.train, "thresholds": dict(self.thresholds), "info": dict(self.info),
+                "stats_version": STATS_VERSION}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "OODGuard":
+        keys = ("min_side", "flat_resid", "noise_autocorr", "gray_chroma", "k", "quantile", "text",
+                "train", "thresholds", "info")
+        return cls(**{k: d[k] for k in keys if k in d})
+
+    def describe(self) -> dict:
+        """The guard's settings and fitted thresholds (for JSON)."""
+        d = self.to_dict()
+        d.pop("train")
+        d["n_train"] = 0 if self.train is None else int(len(self.train))
+        return d
+
+
+def is_gray(stats, *, gray_chroma: float = 2.0) -> np.ndarray:
+    return np.atleast_2d(stats)[:, STAT_NAMES.index("chroma")] < gray_chroma
+
+
+# -- probes: inputs that are not anime frames ---------------------------------------------------------
+SKIMAGE_PHOTOS = ("astronaut", "camera", "chelsea", "coffee", "rocket", "stereo_motorcycle", "page",
+                  "text", "moon", "hubble_deep_field", "brick", "grass", "gravel", "coins", "clock",
+                  "immunohistochemistry", "retina", "cell", "microaneurysms")
+SKIMAGE_GRAPHICS = ("colorwheel", "logo", "checkerboard", "horse", "binary_blobs",
+                    "shepp_logan_phantom")
+
+
+def _to_rgb_u8(arr) -> "Image.Image":
+    from PIL import Image
+
+    a = np.asarray(arr)
+    if a.dtype == bool:
+        a = a.astype(np.uint8) * 255
+    elif a.dtype != np.uint8:
+        a = (np.clip(a.astype(np.float64), 0, 1) * 255 + 0.5).astype(np.uint8)
+    img = Image.fromarray(a)
+    if img.mode == "RGBA":
+        bg = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(bg, img)
+    return img.convert("RGB")
+
+
+def generated_probes(*, seed: int = 0, size=(320, 180)) -> list[tuple[str, str, "Image.Image"]]:
+    """Blank, near-uniform, gradient, noise and text-slide frames: ``[(kind, name, image)]``."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    W, H = size
+    out = []
+    for c in [(0, 0, 0), (255, 255, 255), (128, 128, 128), (30, 60, 200), (240, 200, 40)]:
+        out.append(("blank", f"blank{c}", Image.new("RGB", (W, H), c)))
+    for c in [(0, 0, 0), (255, 255, 255), (90, 140, 90)]:
+        a = np.full((H, W, 3), c, np.float64) + rng.normal(0, 3, (H, W, 3))
+        out.append(("near-uniform", f"near-uniform{c}", Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))))
+    x = np.linspace(0, 1, W)[None, :, None]
+    y = np.linspace(0, 1, H)[:, None, None]
+    for i, (c0, c1) in enumerate([((0, 0, 0), (255, 255, 255)), ((20, 40, 120), (250, 180, 60)),
+                                  ((200, 0, 0), (0, 0, 200))]):
+        c0, c1 = np.array(c0, np.float64), np.array(c1, np.float64)
+        out.append(("gradient", f"gradient-h{i}", Image.fromarray((c0 + (c1 - c0) * x + 0 * y).astype(np.uint8))))
+        r = np.sqrt((x - 0.5) ** 2 + (y - 0.5) ** 2) / 0.71
+        out.append(("gradient", f"gradient-r{i}", Image.fromarray((c0 + (c1 - c0) * r).astype(np.uint8))))
+    for i in range(3):
+        out.append(("noise", f"noise-rgb{i}", Image.fromarray(rng.integers(0, 256, (H, W, 3), dtype=np.uint8))))
+        g = np.clip(rng.normal(128, 40, (H, W, 1)), 0, 255).astype(np.uint8)
+        out.append(("noise", f"noise-gray{i}", Image.fromarray(np.repeat(g, 3, 2))))
+    words = ("the quick brown fox jumps over a lazy dog; results accuracy table model chapter "
+             "episode next week summary agenda thank you questions").split()
+    schemes = [((255, 255, 255), (0, 0, 0)), ((20, 40, 120), (255, 255, 255)),
+               ((0, 0, 0), (230, 230, 230)), ((245, 240, 220), (60, 30, 10))]
+    for i in range(8):
+        bg, fg = schemes[i % 4]
+        img = Image.new("RGB", (W * 2, H * 2), bg)
+        draw = ImageDraw.Draw(img)
+        font = ImageFont.load_default(size=int(rng.integers(18, 40)))
+        yy = 15
+        while yy < H * 2 - 30:
+            draw.text((20, yy), " ".join(rng.choice(words, int(rng.integers(2, 6)))), fill=fg, font=font)
+            yy += int(font.size * 1.5)
+        out.append(("text-slide", f"text-slide{i}", img))
+    return out
+
+
+def probe_images(*, seed: int = 0, include_lfw: bool = True) -> list[tuple[str, str, "Image.Image"]]:
+    """Non-anime inputs for measuring the guard's catch rate: ``[(kind, name, image)]``.
+
+    Photos shipped inside registry packages (scikit-image's ``skimage.data``; scikit-learn's
+    ``load_sample_images``), scikit-image's graphics, generated blank / gradient / noise /
+    text-slide frames, tiny thumbnails of the photos, and (``include_lfw``) 20 real face photos
+    from ``skimage.data.lfw_subset`` (25 px, upscaled to 112 px).
+    Raises ImportError naming the package when scikit-image is missing.
+    """
+    try:
+        import skimage.data as skd
+    except ImportError as exc:
+        raise ImportError("the non-anime probe images come from scikit-image: pip install "
+                          "scikit-image (it is in the 'test' extra)") from exc
+    from PIL import Image
+    from sklearn.datasets import load_sample_images
+
+    out = []
+    for kind, names in (("photo", SKIMAGE_PHOTOS), ("graphic", SKIMAGE_GRAPHICS)):
+        for n in names:
+            arr = getattr(skd, n)()
+            if isinstance(arr, tuple):
+                arr = arr[0]
+            out.append((kind, f"skimage:{n}", _to_rgb_u8(arr)))
+    for n, arr in zip(("china", "flower"), load_sample_images().images):
+        out.append(("photo", f"sklearn:{n}", _to_rgb_u8(arr)))
+    out += generated_probes(seed=seed)
+    for kind, name, img in list(out):
+        if kind == "photo" and name.split(":")[1] in ("astronaut", "coffee", "rocket", "china", "chelsea"):
+            w, h = img.size
+            out.append(("tiny", f"tiny:{name}", img.resize((24, max(1, round(24 * h / w))), Image.BILINEAR)))
+    if include_lfw:
+        faces = skd.lfw_subset()
+        for i in range(0, min(len(faces), 200), 10):
+            img = _to_rgb_u8(faces[i])
+            out.append(("lfw-face-upscaled", f"lfw:{i}@112", img.resize((112, 112), Image.BICUBIC)))
+    return out
+
+
+def evaluate_probes(guard: OODGuard, extractor, probes=None) -> dict:
+    """Catch rate of ``guard`` on :func:`probe_images` (or the given probes), per kind.
+
+    Returns:
+        ``{"kinds": {kind: {"n", "caught", "rate", "missed": [names]}}, "items": [...]}``.
+    """
+    probes = probe_images() if probes is None else probes
+    X = extractor.transform_images([im for _, _, im in probes])
+    S = np.stack([image_stats(im) for _, _, im in probes])
+    flagged, reasons, dist = guard.flags(X, S)
+    kinds: dict[str, dict] = {}
+    items = []
+    for (kind, name, _), f, r, d in zip(probes, flagged, reasons, dist):
+        k = kinds.setdefault(kind, {"n": 0, "caught": 0, "missed": []})
+        k["n"] += 1
+        k["caught"] += int(f)
+        if not f:
+            k["missed"].append(name)
+        items.append({"kind": kind, "name": name, "out_of_domain": bool(f), "reason": r,
+                      "distance": round(float(d), 4)})
+    for k in kinds.values():
+        k["rate"] = round(k["caught"] / k["n"], 4)
+    return {"kinds": kinds, "items": items}
+
+
+def flag_summary(flagged, reasons, splits, groups=None) -> dict:
+    """Flag rate per split on images that are known to be in domain (false flags), with the
+    count per reason and the groups with most flags: JSON-ready."""
+    flagged = np.asarray(flagged, bool)
+    splits = np.asarray(splits, dtype=object)
+    out = {}
+    for s in dict.fromkeys(splits.tolist()):
+        m = splits == s
+        by_reason: dict[str, int] = {}
+        for r in np.asarray(reasons, dtype=object)[m & flagged]:
+            key = str(r).split(":")[0]
+            by_reason[key] = by_reason.get(key, 0) + 1
+        entry = {"n": int(m.sum()), "flagged": int(flagged[m].sum()),
+                 "rate": round(float(flagged[m].mean()), 5) if m.any() else None,
+                 "by_reason": by_reason}
+        if groups is not None:
+            g = np.asarray(groups, dtype=object)[m & flagged]
+            counts: dict[str, int] = {}
+            for x in g:
+                counts[str(x)] = counts.get(str(x), 0) + 1
+            entry["top_groups"] = dict(sorted(counts.items(), key=lambda t: -t[1])[:5])
+        out[s] = entry
+    return out
