@@ -32,8 +32,10 @@ import csv
 import io
 import math
 import os
+import queue
+import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -127,7 +129,9 @@ class ScanResult:
         frames: one :class:`FrameScore` per sampled frame, in time order.
         ranges: :class:`FaceRange` ``(start_s, end_s, peak_p)`` tuples, in time order.
         info: the video's header (codec, size, duration, fps), ``step_s`` used for the ranges,
-            ``min_gap_s`` in effect, timings (``elapsed_s``, ``frames_per_s``).
+            ``min_gap_s`` in effect, timings: ``elapsed_s``, ``frames_per_s``, ``classify_s``
+            (in ``predict_many``) and ``decode_wait_s`` (waiting for decoded frames: the part
+            of decoding not hidden behind classification).
         thumbnails: with ``thumbnails=True``, the first frame of each range (RGB, at most
             :data:`THUMB_SIZE`), aligned with ``ranges``; otherwise None.
         error: set only by :func:`scan_videos` for a video that failed part-way (the results
@@ -278,13 +282,70 @@ def _video_header(path: Path) -> dict:
             "frames": info.frames}
 
 
+def _decoded_ahead(frames: Iterator[Frame], *, depth: int) -> Iterator[Frame]:
+    """Run the ``frames`` generator in a background thread, up to ``depth`` frames ahead.
+
+    FFmpeg decodes without holding the GIL, so the next batch is decoded while the classifier
+    works on this one (used on GPU; see ``benchmarks/bench_scan.py``). Errors (a
+    :class:`BadVideoError` part-way) come out in order, after the frames decoded before them.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for fr in frames:
+                if not put(("frame", fr)):
+                    return
+            put(("end", None))
+        except BaseException as exc:  # handed to the consumer, raised there
+            put(("error", exc))
+        finally:
+            frames.close()
+
+    worker = threading.Thread(target=work, name="scan-decode", daemon=True)
+    worker.start()
+    try:
+        while True:
+            kind, item = q.get()
+            if kind == "frame":
+                yield item
+            elif kind == "end":
+                return
+            else:
+                raise item
+    finally:
+        # The consumer stopped (done, an error, or the classifier raised): end the decoder too.
+        stop.set()
+        worker.join()
+
+
+def _wants_decode_ahead(classifier, decode_ahead: bool | None) -> bool:
+    if decode_ahead is not None:
+        return bool(decode_ahead)
+    # On CPU the CNN already keeps every core busy: decoding ahead measured no faster on 2 cores
+    # (benchmarks/bench_scan.py), as for the feature extractor's own decode-ahead.
+    device = getattr(getattr(classifier, "extractor", None), "device", None)
+    return getattr(device, "type", "cpu") != "cpu"
+
+
 def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
-          progress: Callable[[float], None] | None) -> ScanResult:
+          progress: Callable[[float], None] | None,
+          decode_ahead: bool | None = None) -> ScanResult:
     """Scan one video; a :class:`BadVideoError` is stored in ``result.error`` (with the results
     of the frames before it) instead of raised."""
     res = ScanResult(video=path)
     t0 = time.perf_counter()
-    decode_s = classify_s = 0.0
+    wait_s = classify_s = 0.0
     candidates: dict[int, bytes] = {}  # frame position -> thumbnail, for P crossing up to `on`
     prev_p = -1.0
 
@@ -305,21 +366,26 @@ def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
             res.frames.append(FrameScore(fr.time_s, fr.index, score, str(pred.label),
                                          fr.frame_type))
 
-    # Batched here rather than with iter_sampled_frames, so that the frames decoded before a
-    # stream error are still classified and kept.
+    # Batched here (not with iter_sampled_frames) so that decoding ahead works frame by frame.
     pending: list[Frame] = []
     try:
         res.info["video"] = _video_header(path)
         t1 = time.perf_counter()
-        for frame in sample_frames(path, fps=settings.fps, keyframes=settings.keyframes,
-                                   seek=settings.seek, progress=progress):
-            pending.append(frame)
-            if len(pending) == settings.batch_size:
-                decode_s += time.perf_counter() - t1
-                classify(pending)
-                pending = []
-                t1 = time.perf_counter()
-        decode_s += time.perf_counter() - t1
+        frames = sample_frames(path, fps=settings.fps, keyframes=settings.keyframes,
+                               seek=settings.seek, progress=progress)
+        if _wants_decode_ahead(classifier, decode_ahead):
+            frames = _decoded_ahead(frames, depth=settings.batch_size)
+        try:
+            for frame in frames:
+                pending.append(frame)
+                if len(pending) == settings.batch_size:
+                    wait_s += time.perf_counter() - t1
+                    classify(pending)
+                    pending = []
+                    t1 = time.perf_counter()
+            wait_s += time.perf_counter() - t1
+        finally:
+            frames.close()  # now, not at garbage collection: stops the decoding thread
     except BadVideoError as exc:
         res.error = str(exc)
         res.info["exception"] = exc
@@ -341,7 +407,7 @@ def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
     res.info.update({
         "step_s": step, "min_gap_s": step if settings.min_gap is None else settings.min_gap,
         "frames_scanned": len(res.frames), "elapsed_s": round(elapsed, 3),
-        "decode_s": round(decode_s, 3), "classify_s": round(classify_s, 3),
+        "decode_wait_s": round(wait_s, 3), "classify_s": round(classify_s, 3),
         "frames_per_s": round(len(res.frames) / elapsed, 2) if elapsed > 0 else None,
     })
     return res
@@ -351,7 +417,8 @@ def scan_video(video_path: os.PathLike | str, classifier, *, fps: float | None =
                keyframes: bool = False, on: float = 0.6, off: float = 0.4,
                min_gap: float | None = None, min_duration: float = 0.0, batch_size: int = 32,
                seek: str = "auto", thumbnails: bool = False,
-               progress: bool | Callable[[float], None] = True) -> ScanResult:
+               progress: bool | Callable[[float], None] = True,
+               decode_ahead: bool | None = None) -> ScanResult:
     """Find the time ranges of a video where a face is on screen.
 
     Frames are sampled as by :func:`animefaces.video.sample_frames` and classified in batches
@@ -369,7 +436,10 @@ def scan_video(video_path: os.PathLike | str, classifier, *, fps: float | None =
         thumbnails: keep each range's first frame (at most :data:`THUMB_SIZE`) in
             ``result.thumbnails``, for contact sheets.
         progress: True for a progress bar on stderr in seconds of video time, False for none,
-            or a callable fed the current video time in seconds.
+            or a callable fed the current video time in seconds (from the decoding thread).
+        decode_ahead: decode the next batch in a background thread while the classifier
+            runs. None (default): only when the classifier's CNN runs on a GPU; on CPU the CNN
+            already uses every core and decoding ahead measured no faster.
 
     Returns:
         :class:`ScanResult` with ``frames``, ``ranges`` and ``info``.
@@ -383,13 +453,14 @@ def scan_video(video_path: os.PathLike | str, classifier, *, fps: float | None =
                             min_duration=min_duration, batch_size=batch_size, seek=seek)
     path = Path(video_path)
     if callable(progress):
-        res = _scan(path, classifier, settings, thumbnails=thumbnails, progress=progress)
+        res = _scan(path, classifier, settings, thumbnails=thumbnails, progress=progress,
+                    decode_ahead=decode_ahead)
     else:
         duration = _durations([path]).get(path) if progress else None
         with _progress_bar(duration, bool(progress)) as bar:
             bar.set_postfix_str(path.name, refresh=False)
             res = _scan(path, classifier, settings, thumbnails=thumbnails,
-                        progress=_VideoClock(bar))
+                        progress=_VideoClock(bar), decode_ahead=decode_ahead)
     if res.error:
         raise res.info.pop("exception")
     res.info["settings"] = settings.to_dict()
@@ -538,6 +609,7 @@ def contact_sheet(res: ScanResult, *, columns: int = 4, title: str | None = None
     for k, (r, im) in enumerate(zip(res.ranges, thumbs)):
         x = pad + (k % cols) * (tw + pad)
         y = head + (k // cols) * (th + cap + pad)
+        d.rectangle([x, y, x + tw - 1, y + th - 1], fill=(235, 235, 235))  # letterbox
         sheet.paste(im, (x + (tw - im.width) // 2, y + (th - im.height) // 2))
         d.text((x, y + th + 3), f"#{k + 1}  {format_time(r.start_s)} - {format_time(r.end_s)}",
                fill=(0, 0, 0), font=small)
@@ -575,7 +647,8 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
                 out_dir: os.PathLike | str | None = None, contact_sheets: bool = False,
                 fps: float | None = 1.0, keyframes: bool = False, on: float = 0.6,
                 off: float = 0.4, min_gap: float | None = None, min_duration: float = 0.0,
-                batch_size: int = 32, seek: str = "auto", progress: bool = True) -> ScanSummary:
+                batch_size: int = 32, seek: str = "auto", progress: bool = True,
+                decode_ahead: bool | None = None) -> ScanSummary:
     """Scan several videos; a bad one is reported and the others still run.
 
     With ``out_dir``, each video gets ``{stem}.frames.csv`` (``time_s,frame_index,p_face,label,
@@ -591,8 +664,8 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
         classifier: as for :func:`scan_video`.
         out_dir: output folder (created), or None to write nothing.
         contact_sheets: also write a PNG per video with each range's first frame.
-        fps, keyframes, on, off, min_gap, min_duration, batch_size, seek: as for
-            :func:`scan_video`.
+        fps, keyframes, on, off, min_gap, min_duration, batch_size, seek, decode_ahead: as
+            for :func:`scan_video`.
         progress: a progress bar on stderr in seconds of video time, across all videos.
 
     Raises:
@@ -619,7 +692,8 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
     with bar:
         for p in paths:
             bar.set_postfix_str(p.name, refresh=False)
-            res = _scan(p, classifier, settings, thumbnails=contact_sheets, progress=clock)
+            res = _scan(p, classifier, settings, thumbnails=contact_sheets, progress=clock,
+                        decode_ahead=decode_ahead)
             res.info.pop("exception", None)
             summary.results.append(res)
             if out is not None and res.frames:

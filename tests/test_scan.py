@@ -254,6 +254,27 @@ def test_scan_keyframes_mode_and_thumbnails(coded):
     assert res.info["step_s"] == 2.0 and res.ranges == [(4.0, 8.0, 0.95)]
 
 
+def test_decoding_ahead_gives_the_same_result_and_stops_with_the_classifier(coded):
+    import threading
+
+    p = [0.9, 0.8, 0.1, 0.05, 0.9, 0.1, 0.9, 0.1, 0.1, 0.95, 0.9, 0.9]
+    a = scan_video(coded["ep01"], SecondCoded(p), batch_size=3, progress=False,
+                   decode_ahead=True)
+    b = scan_video(coded["ep01"], SecondCoded(p), batch_size=3, progress=False,
+                   decode_ahead=False)
+    assert a.frames == b.frames and a.ranges == b.ranges
+
+    class Broken(SecondCoded):
+        def predict_many(self, images):
+            if self.calls:
+                raise RuntimeError("classifier failed")
+            return super().predict_many(images)
+
+    with pytest.raises(RuntimeError, match="classifier failed"):
+        scan_video(coded["ep01"], Broken(p), batch_size=2, progress=False, decode_ahead=True)
+    assert not [t for t in threading.enumerate() if t.name == "scan-decode"]
+
+
 def test_scan_options_are_checked_before_decoding(coded):
     clf = SecondCoded(FACE_3_TO_7)
     for kw, match in [({"on": 0.3, "off": 0.5}, "must not be above on"),
@@ -302,12 +323,13 @@ def read_csv(path):
         return r.fieldnames, list(r)
 
 
-def test_scan_videos_writes_files_and_goes_on_past_bad_inputs(coded, bad_inputs, tmp_path):
+@pytest.mark.parametrize("ahead", [False, True])
+def test_scan_videos_writes_files_and_goes_on_past_bad_inputs(coded, bad_inputs, tmp_path, ahead):
     out = tmp_path / "scans"
     inputs = [bad_inputs["missing"], coded["ep01"], bad_inputs["text"], bad_inputs["cut"],
               bad_inputs["audio"]]
     summary = scan_videos(inputs, SecondCoded(FACE_3_TO_7), out_dir=out, contact_sheets=True,
-                          progress=False)
+                          progress=False, decode_ahead=ahead)
     assert not summary.ok
     assert {str(r.video) for r in summary.failures} == {str(bad_inputs[k]) for k in bad_inputs}
     text = str(summary)
