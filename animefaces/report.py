@@ -22,6 +22,10 @@ def _fmt(x) -> str:
     return "" if x is None else f"{x:.3f}"
 
 
+def _fmt4(x) -> str:
+    return "" if x is None else f"{x:.4f}"
+
+
 def _params_str(params: dict) -> str:
     return " ".join(f"{k}={v}" for k, v in sorted(params.items()) if k not in ("kernel", "degree"))
 
@@ -162,8 +166,8 @@ def trust_markdown(results: dict) -> list[str]:
                 "| split | coverage | risk when answering | risk answering all | AURC |", "|---|---|---|---|---|"]
         for s, v in ab["splits"].items():
             rc = ab.get("risk_coverage", {}).get(s, {})
-            out.append(f"| {s} | {_fmt(v['coverage'])} | {_fmt(v['risk'])} | {_fmt(v['full_risk'])} "
-                       f"| {_fmt(rc.get('aurc'))} |")
+            out.append(f"| {s} | {_fmt(v['coverage'])} | {_fmt4(v['risk'])} | {_fmt4(v['full_risk'])} "
+                       f"| {_fmt4(rc.get('aurc'))} |")
         out.append("")
     ood = trust.get("ood")
     if ood:
