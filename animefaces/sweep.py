@@ -135,7 +135,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         models_dir: where the best model is saved (default: the config's ``models_dir``).
 
     Returns:
-        :class:`SweepResult` with the run folder and the best model's path.
+        :class:`SweepResult` with the run folder and the best model's path. The run folder also
+        gets predictions.csv (the best model's per-image scores) and report.html (needs
+        matplotlib); the model carries its calibrator, abstain band and out-of-domain guard.
     """
     from . import __version__
     from .report import write_predictions, write_reports
@@ -308,13 +310,11 @@ def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFea
     Returns:
         (model extras, the ``trust`` section of results.json, per-image rows).
     """
-    from .calibration import abstain_summary, apply_band, choose_band, summarize
+    from .calibration import abstain_summary, apply_band, apply_calibrator, choose_band, summarize
 
     dec = {s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
     cal, info, cal_summary = summarize(dec, y, method=cfg.calibration, folds=cfg.calibration_folds,
                                        n_bins=cfg.ece_bins, seed=cfg.seed)
-    from .calibration import apply_calibrator
-
     probs = {s: apply_calibrator(cal, d) for s, d in dec.items()}
     if cfg.abstain == "off":
         band, how = None, "abstention off in the config"
@@ -351,7 +351,7 @@ def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFea
         trust["ood"] = dict(guard.describe(),
                             false_flags=flag_summary(ood_flag, ood_reason, split_of, groups),
                             seconds=round(time.perf_counter() - t0, 3))
-        _log(f"[sweep] out-of-domain guard: flags " + ", ".join(
+        _log("[sweep] out-of-domain guard: flags " + ", ".join(
             f"{s} {v['rate']:.1%}" for s, v in trust["ood"]["false_flags"].items())
              + " of the (in-domain) data", progress)
     # Per-image rows in record order (X[s] keeps record order within a split).
