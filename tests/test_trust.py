@@ -202,23 +202,51 @@ def test_text_slide_statistics():
 
 
 # -- the real data: the guard must not flag anime images -----------------------------------------------
-@pytest.mark.slow
-def test_ood_false_flags_on_shared_anime_images():
-    """Guard fitted on train / val of the shared set with the default backbone; flags on every
-    split must stay at or under 2% (every image there is an anime image)."""
+@pytest.fixture(scope="module")
+def real_guard():
+    """Guard fitted on train / val of the shared set with the default backbone."""
     from animefaces.datasets import load_dataset
-    from animefaces.ood import flag_summary, is_gray, stats_for_files
+    from animefaces.extract import FeatureExtractor
+    from animefaces.ood import is_gray, stats_for_files
     from animefaces.sweep import extract_dataset
 
     assert MINI.is_dir(), f"the shared data is missing: expected {MINI}"
     ds = load_dataset(MINI / "manifest.csv", require_splits=True)
-    feats = extract_dataset(ds, backbone="mobilenet_v2", cache_dir=REPO / "features", progress=False)
+    fx = FeatureExtractor("mobilenet_v2", device="cpu")
+    feats = extract_dataset(ds, extractor=fx, cache_dir=REPO / "features", progress=False)
     stats = stats_for_files([r.path for r in feats.records], cache_dir=REPO / "features" / "image-stats")
     split = np.array([r.split for r in feats.records])
     group = np.array([r.group for r in feats.records], dtype=object)
     tr, va = split == "train", split == "val"
     guard = OODGuard().fit(feats.X[tr], groups_train=group[tr], gray_train=is_gray(stats[tr]),
                            X_val=feats.X[va], groups_val=group[va], gray_val=is_gray(stats[va]))
+    return guard, fx, feats, stats, split, group
+
+
+@pytest.mark.slow
+def test_ood_catches_generated_frames_and_some_photos(real_guard):
+    """Catch rate on non-anime probes (docs/trust.md): every synthetic kind is caught, photos
+    only in part (62% measured; the 90% target is not met: this guards against regressions)."""
+    try:
+        import skimage  # noqa: F401
+    except ImportError:
+        pytest.fail("scikit-image is needed for the non-anime probe photos: pip install scikit-image")
+    from animefaces.ood import evaluate_probes, probe_images
+
+    guard, fx, *_ = real_guard
+    res = evaluate_probes(guard, fx, probe_images(seed=1, include_lfw=False))["kinds"]
+    for kind in ("blank", "near-uniform", "noise", "text-slide", "tiny"):
+        assert res[kind]["rate"] == 1.0, (kind, res[kind])
+    assert res["gradient"]["rate"] >= 0.5, res["gradient"]
+    assert res["photo"]["rate"] >= 0.55, res["photo"]
+
+
+@pytest.mark.slow
+def test_ood_false_flags_on_shared_anime_images(real_guard):
+    """Flags on every split must stay at or under 2% (every image there is an anime image)."""
+    from animefaces.ood import flag_summary
+
+    guard, fx, feats, stats, split, group = real_guard
     flagged, reasons, _ = guard.flags(feats.X, stats)
     summary = flag_summary(flagged, reasons, split, group)
     for s, v in summary.items():
