@@ -108,7 +108,8 @@ def cmd_predict(args) -> int:
     from .api import FaceClassifier
     from .datasets import records_from_paths
 
-    clf = FaceClassifier.load(args.model, device=args.device, threshold=args.threshold)
+    clf = FaceClassifier.load(args.model, device=args.device, threshold=args.threshold,
+                              abstain=args.abstain, ood=not args.no_ood)
     paths = records_from_paths(args.inputs)
     preds = clf.predict_many(paths, on_error="report", progress=not args.quiet)
     rows = [p.to_dict() for p in preds]
@@ -125,6 +126,8 @@ def cmd_predict(args) -> int:
             for r in rows:
                 if r["label"] == "error":
                     out.write(f"{r['source']}\terror\t{r['error']}\n")
+                elif r.get("out_of_domain"):
+                    out.write(f"{r['source']}\tout_of_domain\t{r['score']:.3f}\t{r.get('ood_reason') or ''}\n")
                 else:
                     out.write(f"{r['source']}\t{r['label']}\t{r['score']:.3f}\n")
     finally:
@@ -207,6 +210,12 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
     pr.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
     pr.add_argument("--threshold", type=float, default=0.5, help="P(face) threshold (default 0.5)")
+    pr.add_argument("--abstain", default="auto", metavar="auto|off|LO,HI",
+                    help="answer 'unsure' when LO < P(face) < HI (auto: the band chosen on val "
+                         "and saved with the model; off: always answer)")
+    pr.add_argument("--no-ood", action="store_true",
+                    help="do not flag non-anime inputs (photos, blank or text frames, thumbnails) "
+                         "as out_of_domain")
     pr.add_argument("--device", default="auto")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
