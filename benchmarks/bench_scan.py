@@ -15,9 +15,10 @@ Makes a synthetic 1280x720 H.264 video with PyAV (default 40 s, 24 fps, one key 
 
 The classifier is the model at ``--model`` (default ``models/best``) if it loads, otherwise the
 tiny test backbone with random weights and an SVM fitted to random labels (speed only; the
-output says which). Each timing is the best (minimum) of ``--repeats`` runs, with all runs and
-CPU seconds in the JSON; ``frames_per_s`` counts sampled frames, ``realtime_x`` is video seconds
-per wall second. ``wait s`` is the time ``scan`` waited for decoded frames (decoding not hidden
+output says which). Each timing is the best (minimum) of ``--repeats`` runs, with the median, all
+runs and CPU seconds in the JSON; the runs go round robin, so a change in the machine's load hits
+all alike. ``frames_per_s`` counts sampled frames, ``realtime_x`` is video seconds per wall
+second. ``wait s`` is the time ``scan`` waited for decoded frames (decoding not hidden
 behind classification), ``classify s`` the time in ``predict_many``.
 
     python benchmarks/bench_scan.py --out reports/bench_scan.json
@@ -29,6 +30,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -122,24 +124,41 @@ def main(argv=None) -> int:
         runs.update({"decode_fps4": decode(4), "scan_fps4": scan(4, b0, ahead=False),
                      "scan_fps4_ahead": scan(4, b0, ahead=True)})
 
+        # Round robin (every run once per repeat), so a change in the machine's load during
+        # the benchmark hits all runs alike.
+        walls = {k: [] for k in runs}
+        cpus = {k: [] for k in runs}
+        outs, splits = {}, {k: [] for k in runs}
+        for rep in range(args.repeats):
+            for name, fn in runs.items():
+                w, c, outs[name] = timed(fn, 1)
+                walls[name] += w
+                cpus[name] += c
+                if not isinstance(outs[name], int):
+                    splits[name].append((outs[name].info["decode_wait_s"],
+                                         outs[name].info["classify_s"]))
+            print(f"repeat {rep + 1}/{args.repeats} done", flush=True)
+
         results = {}
-        print(f"{'run':16s} {'best s':>7s} {'cpu s':>7s} {'frames/s':>9s} {'x real time':>12s} "
-              f"{'frames':>7s} {'wait s':>7s} {'classify s':>10s}")
-        for name, fn in runs.items():
-            walls, cpus, out = timed(fn, args.repeats)
-            best = min(walls)
+        print(f"{'run':16s} {'best s':>7s} {'median':>7s} {'cpu s':>7s} {'frames/s':>9s} "
+              f"{'x real time':>12s} {'frames':>7s} {'wait s':>7s} {'classify s':>10s}")
+        for name in runs:
+            out, best, med = outs[name], min(walls[name]), statistics.median(walls[name])
             n = out if isinstance(out, int) else len(out.frames)
-            row = {"best_s": round(best, 3), "runs_s": [round(t, 3) for t in walls],
-                   "cpu_s": [round(t, 3) for t in cpus], "frames": n,
+            row = {"best_s": round(best, 3), "median_s": round(med, 3),
+                   "runs_s": [round(t, 3) for t in walls[name]],
+                   "cpu_s": [round(t, 3) for t in cpus[name]], "frames": n,
                    "frames_per_s": round(n / best, 2),
+                   "frames_per_s_median": round(n / med, 2),
                    "realtime_x": round(duration / best, 2) if duration else None}
             split = ""
-            if not isinstance(out, int):
-                row.update({k: out.info[k] for k in ("decode_wait_s", "classify_s")})
-                row["ranges"] = len(out.ranges)
-                split = f" {out.info['decode_wait_s']:7.2f} {out.info['classify_s']:10.2f}"
+            if splits[name]:
+                # The split of the fastest run.
+                wait, cls = splits[name][int(np.argmin(walls[name]))]
+                row.update({"decode_wait_s": wait, "classify_s": cls, "ranges": len(out.ranges)})
+                split = f" {wait:7.2f} {cls:10.2f}"
             results[name] = row
-            print(f"{name:16s} {best:7.2f} {min(cpus):7.2f} {n / best:9.1f} "
+            print(f"{name:16s} {best:7.2f} {med:7.2f} {min(cpus[name]):7.2f} {n / best:9.1f} "
                   f"{(duration / best if duration else float('nan')):11.1f}x {n:7d}{split}",
                   flush=True)
 
