@@ -460,3 +460,49 @@ def test_cli_scan(face_video, coded, bad_inputs, tiny_model, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["scan", str(path), "--on", "1.5"])
     assert isinstance(BadVideoError("x", "y"), AnimeFacesError)
+
+
+# -- real shared frames with the project's trained model (slow) -------------------------------
+
+@pytest.mark.slow
+def test_real_frames_with_the_trained_model(tmp_path):
+    """Test-split frames of the shared data, letterboxed into a 12 s video (in a temp folder,
+    never in the project): no face 0-3 s, faces 3-7 s, no face 7-12 s. Pictures are the ones
+    the model is sure about (this checks the scan, not the model's accuracy)."""
+    from PIL import ImageOps
+
+    from animefaces.api import FaceClassifier
+
+    from conftest import MINI, REPO
+
+    model = REPO / "models" / "best.joblib"
+    if not (model.is_file() and (MINI / "manifest.csv").is_file()):
+        pytest.skip(f"needs a trained {model} and the shared data under {MINI}")
+    clf = FaceClassifier.load(model, device="cpu")
+    with open(MINI / "manifest.csv", newline="") as f:
+        rows = sorted((r for r in csv.DictReader(f) if r["split"] == "test" and
+                       r["kind"] == "frame"), key=lambda r: r["path"])
+
+    def pictures(label, n, sure):
+        ims = [ImageOps.pad(Image.open(MINI / r["path"]).convert("RGB"), (320, 240))
+               for r in rows if r["label"] == label][:4 * n]
+        ps = [p.score for p in clf.predict_many(ims)]
+        chosen = [im for im, p in zip(ims, ps) if sure(p)][:n]
+        assert len(chosen) == n, f"only {len(chosen)} sure {label} frames: {ps}"
+        return [np.asarray(im) for im in chosen]
+
+    faces = pictures("face", 4, lambda p: p >= 0.8)
+    others = pictures("no_face", 8, lambda p: p <= 0.2)
+    seq = others[:3] + faces + others[3:]
+    path = tmp_path / "real.mp4"
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream("libx264", rate=RATE, options=X264)
+        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
+        for i in range(len(seq) * RATE):
+            for packet in stream.encode(av.VideoFrame.from_ndarray(seq[i // RATE],
+                                                                   format="rgb24")):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    res = scan_video(path, clf, progress=False)
+    assert [(s, e) for s, e, _ in res.ranges] == [(3.0, 7.0)], res.frames
