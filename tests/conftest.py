@@ -103,3 +103,15 @@ reports_dir = "{(tmp_path / 'reports').as_posix()}"
 models_dir = "{(tmp_path / 'models').as_posix()}"
 ''')
     return cfg
+
+
+@pytest.fixture(scope="session")
+def real_sweep(tmp_path_factory):
+    """The default sweep on the shared mini set (real MobileNetV2 weights). Features go to the
+    repo's features/ cache (a developer's second run is quick); reports and models to a temp
+    folder. Shared by every slow test that needs a real trained model."""
+    from animefaces.sweep import run_sweep
+
+    assert MINI.is_dir(), f"the shared data is missing: expected {MINI}"
+    out = tmp_path_factory.mktemp("real")
+    return run_sweep(MINI, out_dir=out / "reports", models_dir=out / "models", progress=False)

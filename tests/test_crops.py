@@ -1,7 +1,7 @@
 """Face crops (animefaces.crops) with the real lbpcascade_animeface cascade on real shared frames.
 
 The cascade and the images are read from the repository's sibling ``../shared`` (never copied
-into the repo); the tests skip when it is absent. Upscaled copies and videos go to tmp dirs.
+into the repo); the tests fail when it is absent. Upscaled copies and videos go to tmp dirs.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("cv2")
-av = pytest.importorskip("av")
+import av  # noqa: E402  (installed with the video extra; a missing one is a real failure)
+import cv2  # noqa: E402,F401
 
 from animefaces.crops import (  # noqa: E402
     CROP_COLUMNS, classifier_confirm, detect_faces, extract_crops, load_cascade)
@@ -30,8 +30,6 @@ CASCADE = SHARED / "models" / "lbpcascade_animeface.xml"
 DATA = SHARED / "data" / "animefaces-mini"
 CROP_NAME = re.compile(r"^(?P<video>.+)-(?P<type>key|sec|img)-(?P<i>\d+)-(?P<j>\d+)\.png$")
 
-needs_shared = pytest.mark.skipif(not (CASCADE.is_file() and (DATA / "manifest.csv").is_file()),
-                                  reason=f"shared cascade/data not found under {SHARED}")
 
 
 def shared_images(kind: str, n: int) -> list[Path]:
@@ -43,8 +41,7 @@ def shared_images(kind: str, n: int) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def cascade():
-    if not CASCADE.is_file():
-        pytest.skip(f"{CASCADE} not found")
+    assert CASCADE.is_file(), f"{CASCADE} not found (the shared folder must sit beside the repo)"
     return load_cascade(CASCADE)
 
 
@@ -53,8 +50,7 @@ def face_hits(cascade):
     """A check of the detector itself on real data, and the frames it works on: among the first
     30 whole frames labelled face, the cascade must find a face in a fair share (it found 45%
     when this was written)."""
-    if not (DATA / "manifest.csv").is_file():
-        pytest.skip(f"{DATA} not found")
+    assert (DATA / "manifest.csv").is_file(), f"{DATA} not found"
     candidates = shared_images("frame", 30)
     hits = [p for p in candidates if detect_faces(Image.open(p), cascade)]
     assert len(hits) >= 8, f"the cascade found faces in only {len(hits)} of 30 real frames"
@@ -83,7 +79,6 @@ def read_rows(csv_path):
         return reader.fieldnames, list(reader)
 
 
-@needs_shared
 def test_detect_faces_on_real_frames(cascade, frames_dir):
     boxes = {p.name: detect_faces(Image.open(p), cascade) for p in sorted(frames_dir.glob("*.png"))}
     assert boxes["flat-sec-99.png"] == []
@@ -97,7 +92,6 @@ def test_detect_faces_on_real_frames(cascade, frames_dir):
         assert bs == sorted(bs)
 
 
-@needs_shared
 def test_extract_crops_names_manifest_and_pixels(cascade, frames_dir, tmp_path):
     summary = extract_crops([frames_dir], tmp_path, cascade=CASCADE, progress=False)
     assert summary.ok and summary.frames == 13
@@ -118,7 +112,6 @@ def test_extract_crops_names_manifest_and_pixels(cascade, frames_dir, tmp_path):
         assert r["label"] == "" and r["score"] == ""
 
 
-@needs_shared
 def test_confirm_rejections_are_counted(cascade, frames_dir, tmp_path):
     calls = []
 
@@ -148,7 +141,6 @@ def test_confirm_rejections_are_counted(cascade, frames_dir, tmp_path):
     assert rows and all(r["score"] == "0.9000" and int(r["w"]) >= 100 for r in rows)
 
 
-@needs_shared
 def test_confirm_must_return_one_score_per_crop(cascade, frames_dir, tmp_path):
     with pytest.raises(ConfigError, match="one P\\(face\\) per crop"):
         extract_crops([frames_dir], tmp_path, cascade=cascade, confirm=lambda cs: [1.0],
@@ -176,7 +168,6 @@ def make_video_from(images: list[Path], path: Path, *, size=(640, 360), rate=12)
     return path
 
 
-@needs_shared
 def test_video_and_its_frames_manifest_give_the_same_crops(cascade, face_hits, tmp_path):
     video = make_video_from(face_hits[0][:4], tmp_path / "ep7.mp4")
     direct = extract_crops([video], tmp_path / "direct", cascade=cascade, progress=False)
@@ -198,7 +189,6 @@ def test_video_and_its_frames_manifest_give_the_same_crops(cascade, face_hits, t
         assert int(m["i"]) == int(r["frame_index"]) == 12 * round(float(r["time_s"]))
 
 
-@needs_shared
 def test_bad_inputs_are_reported_and_others_processed(cascade, frames_dir, tmp_path):
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 40)
@@ -280,7 +270,6 @@ def cli(argv) -> int:
         return 2
 
 
-@needs_shared
 def test_cli_crops_with_model_and_errors(monkeypatch, frames_dir, tmp_path, capsys):
     fake = types.ModuleType("animefaces.api")
     fake.FaceClassifier = _FakeClassifier
@@ -308,7 +297,6 @@ def test_cli_crops_with_model_and_errors(monkeypatch, frames_dir, tmp_path, caps
     assert rc == 2 and "error: cascade file" in out and "nagadomi" in out
 
 
-@needs_shared
 def test_crops_refuses_to_merge_into_a_frames_manifest(cascade, frames_dir, tmp_path):
     (tmp_path / "manifest.csv").write_text(",".join(("path", "label", "split", "group")) + "\n")
     with pytest.raises(ConfigError, match="not of crops"):

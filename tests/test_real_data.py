@@ -12,16 +12,6 @@ from conftest import MINI
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def real_sweep(tmp_path_factory):
-    """The default sweep on the shared mini set. Features go to the repo's features/ cache (so a
-    developer's second run is quick); reports and models to a temp folder."""
-    assert MINI.is_dir(), f"the shared data is missing: expected {MINI}"
-    out = tmp_path_factory.mktemp("real")
-    res = run_sweep(MINI, out_dir=out / "reports", models_dir=out / "models", progress=False)
-    return res
-
-
 def test_default_backbone_accuracy(real_sweep):
     best = real_sweep.results["best"]
     assert best["backbone"] == "mobilenet_v2"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-av = pytest.importorskip("av")
+import av  # noqa: E402  (the video extra; missing is a real failure)
 
 from animefaces.cli import main  # noqa: E402
 from animefaces.errors import AnimeFacesError, ConfigError  # noqa: E402
@@ -465,7 +465,7 @@ def test_cli_scan(face_video, coded, bad_inputs, tiny_model, tmp_path, capsys):
 # -- real shared frames with the project's trained model (slow) -------------------------------
 
 @pytest.mark.slow
-def test_real_frames_with_the_trained_model(tmp_path):
+def test_real_frames_with_the_trained_model(tmp_path, real_sweep):
     """Test-split frames of the shared data, letterboxed into a 12 s video (in a temp folder,
     never in the project): no face 0-3 s, faces 3-7 s, no face 7-12 s. Pictures are the ones
     the model is sure about (this checks the scan, not the model's accuracy)."""
@@ -473,12 +473,9 @@ def test_real_frames_with_the_trained_model(tmp_path):
 
     from animefaces.api import FaceClassifier
 
-    from conftest import MINI, REPO
+    from conftest import MINI
 
-    model = REPO / "models" / "best.joblib"
-    if not (model.is_file() and (MINI / "manifest.csv").is_file()):
-        pytest.skip(f"needs a trained {model} and the shared data under {MINI}")
-    clf = FaceClassifier.load(model, device="cpu")
+    clf = FaceClassifier.load(real_sweep.best_model, device="cpu")
     with open(MINI / "manifest.csv", newline="") as f:
         rows = sorted((r for r in csv.DictReader(f) if r["split"] == "test" and
                        r["kind"] == "frame"), key=lambda r: r["path"])
