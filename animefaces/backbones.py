@@ -114,45 +114,37 @@ def _mobilenet_v2_trunk(model):
     return nn.Sequential(*model.features[:18], last[0], last[1])
 
 
-def _googlenet_trunk(model):
-    import torch.nn as nn
+def _layers_trunk(*names: str):
+    """A trunk that applies torchvision's input transform, then the named child modules in order
+    (GoogLeNet and Inception v3 have no ``features`` Sequential to slice)."""
 
-    class GoogLeNetTrunk(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
+    def trunk(model):
+        import torch.nn as nn
 
-        def forward(self, x):
-            m = self.m
-            x = m._transform_input(x)
-            for name in ("conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a",
-                         "inception3b", "maxpool3", "inception4a", "inception4b", "inception4c",
-                         "inception4d", "inception4e", "maxpool4", "inception5a", "inception5b"):
-                x = getattr(m, name)(x)
-            return x
+        class NamedLayersTrunk(nn.Module):
+            def __init__(self, m):
+                super().__init__()
+                self.m = m
 
-    return GoogLeNetTrunk(model)
+            def forward(self, x):
+                x = self.m._transform_input(x)
+                for name in names:
+                    x = getattr(self.m, name)(x)
+                return x
+
+        return NamedLayersTrunk(model)
+
+    return trunk
 
 
-def _inception_v3_trunk(model):
-    import torch.nn as nn
-
-    class InceptionTrunk(nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, x):
-            m = self.m
-            x = m._transform_input(x)
-            for name in ("Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1",
-                         "Conv2d_3b_1x1", "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c",
-                         "Mixed_5d", "Mixed_6a", "Mixed_6b", "Mixed_6c", "Mixed_6d", "Mixed_6e",
-                         "Mixed_7a", "Mixed_7b", "Mixed_7c"):
-                x = getattr(m, name)(x)
-            return x
-
-    return InceptionTrunk(model)
+_googlenet_trunk = _layers_trunk(
+    "conv1", "maxpool1", "conv2", "conv3", "maxpool2", "inception3a", "inception3b", "maxpool3",
+    "inception4a", "inception4b", "inception4c", "inception4d", "inception4e", "maxpool4",
+    "inception5a", "inception5b")
+_inception_v3_trunk = _layers_trunk(
+    "Conv2d_1a_3x3", "Conv2d_2a_3x3", "Conv2d_2b_3x3", "maxpool1", "Conv2d_3b_1x1",
+    "Conv2d_4a_3x3", "maxpool2", "Mixed_5b", "Mixed_5c", "Mixed_5d", "Mixed_6a", "Mixed_6b",
+    "Mixed_6c", "Mixed_6d", "Mixed_6e", "Mixed_7a", "Mixed_7b", "Mixed_7c")
 
 
 def _build_tiny():
