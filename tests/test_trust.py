@@ -201,6 +201,29 @@ def test_text_slide_statistics():
     assert not flagged[0], reasons[0]
 
 
+def test_ramp_statistic_flags_smooth_gradients_anywhere():
+    # Radial and elliptic gradients centred off the middle: the quadratic fit of the flat test
+    # cannot follow a cone, but there is no edge anywhere, so the ramp test fires.
+    W, H = 300, 200
+    x = np.linspace(0, 1, W)[None, :, None]
+    y = np.linspace(0, 1, H)[:, None, None]
+    guard = OODGuard()
+    for cx, cy, c0, c1 in ((0.3, 0.7, (10, 20, 200), (240, 230, 30)), (0.8, 0.2, (0, 0, 0), (255, 255, 255))):
+        r = np.sqrt((x - cx) ** 2 + ((y - cy) * 1.5) ** 2)
+        r = r / r.max()
+        img = Image.fromarray((np.array(c0) + (np.array(c1) - np.array(c0)) * r).astype(np.uint8))
+        flagged, reasons, _ = guard.flags(np.zeros((1, 4)), image_stats(img)[None])
+        assert flagged[0] and reasons[0].startswith(("ramp", "flat")), reasons[0]
+    # Drawings have edges as steep as their colour range.
+    rng = np.random.default_rng(5)
+    for maker in (face_image, noface_image):
+        s = image_stats(maker(rng, 160))
+        assert s[8] < guard.ramp_ratio / 3, s
+    # Guards saved before the ramp test load with the default and still work on 8 statistics.
+    old = OODGuard.from_dict({k: v for k, v in guard.to_dict().items() if k != "ramp_ratio"})
+    assert old.ramp_ratio == 30.0 and old._reason(np.array([64, 10, 0.9, 30, 0.3, 0.5, 0, 0]), 0.0) is None
+
+
 # -- the real data: the guard must not flag anime images -----------------------------------------------
 @pytest.fixture(scope="module")
 def real_guard():
@@ -225,8 +248,9 @@ def real_guard():
 
 @pytest.mark.slow
 def test_ood_catches_generated_frames_and_some_photos(real_guard):
-    """Catch rate on non-anime probes (docs/trust.md): every synthetic kind is caught, photos
-    only in part (62% measured; the 90% target is not met: this guards against regressions)."""
+    """Catch rate on non-anime probes (docs/trust.md): every synthetic kind is caught (radial
+    gradients by the ramp test), photos only in part (62% measured; the 90% target is not met:
+    this guards against regressions)."""
     try:
         import skimage  # noqa: F401
     except ImportError:
@@ -238,6 +262,7 @@ def test_ood_catches_generated_frames_and_some_photos(real_guard):
     for kind in ("blank", "near-uniform", "noise", "text-slide", "tiny"):
         assert res[kind]["rate"] == 1.0, (kind, res[kind])
     assert res["gradient"]["rate"] >= 0.5, res["gradient"]
+    assert res["gradient"]["rate"] == 1.0, res["gradient"]
     assert res["photo"]["rate"] >= 0.55, res["photo"]
 
 
