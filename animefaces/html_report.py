@@ -59,7 +59,8 @@ def _figure(w=6.4, h=3.6):
 
 def _png(fig) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", bbox_inches="tight")
+    # each figure calls tight_layout(); bbox_inches="tight" would render every figure twice
+    fig.savefig(buf, format="png")
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 

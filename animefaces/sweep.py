@@ -166,9 +166,17 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     bad_files: dict[str, str] = {}
     candidates = []  # (val_acc, order, backbone, FitResult, features)
     extract_seconds = fit_seconds = 0.0
+    # "available" means found on this machine: discovery does not start downloads (a backbone
+    # named explicitly still gets torchvision's download as the last resort).
+    discover = backbones is None and cfg.backbones == "available"
     for b_index, name in enumerate(names):
         w = weights.get(name) if isinstance(weights, dict) else weights
         try:
+            if discover and w is None:
+                from .backbones import get_backbone
+                from .weights import resolve_weights
+
+                resolve_weights(get_backbone(name), download=False)
             fx = make_extractor(name, weights=w, device=device, precision=cfg.precision,
                                 pooling=cfg.pooling, batch_size=cfg.batch_size)
         except (WeightsNotFoundError, WeightsMismatchError) as exc:
