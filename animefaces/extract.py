@@ -8,10 +8,13 @@ asks for it. The feature is the maximum (or mean) over all spatial positions of 
 
 How decode and forward share the machine (measured in ``benchmarks/bench_extract.py``):
 
-* CPU: decode and forward take turns, each on all cores: a thread pool decodes one batch
-  (Pillow releases the GIL while it decodes and resizes), then the trunk runs it with all of
-  torch's threads. On a small machine this beats a decode process running beside the forward
-  pass, whose threads would fight the trunk's threads for the same cores.
+* CPU: decode and forward take turns, each on all cores: a thread pool decodes a batch (Pillow
+  releases the GIL while it decodes and resizes), then the trunk runs it on all of torch's
+  threads. On an idle 2-core machine this beat decoding the next batch during the forward pass,
+  a DataLoader decode process beside it, and *streams* (one thread per core, each decoding and
+  running its own batches on one intra-op thread). Streams (``cpu_streams``) are kept as an
+  option: a busy neighbour process then slows one stream instead of stalling every OpenMP
+  barrier of a shared forward pass.
 * CUDA: DataLoader worker processes decode while the GPU computes; batches travel in pinned
   memory with non-blocking copies, as uint8 (4x less traffic than float).
 """
@@ -33,6 +36,8 @@ from .imageio import DEFAULT_MAX_PIXELS, as_rgb_image, open_image, resize_to_arr
 from .perf import cpu_has_bf16, tune_allocator, usable_cpus
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+# More streams multiply activation memory (one batch each) for little gain past a few cores.
+MAX_CPU_STREAMS = 4
 POOLINGS = ("auto", "max", "avg", "maxavg")
 
 
@@ -232,10 +237,16 @@ class FeatureExtractor:
         self.weights = resolve_weights(self.spec, weights)
         self._trunk = None
         self._norm = None
-        # Decode threads for num_workers=0; how many batches to decode ahead of the forward pass
-        # (0: take turns, the measured winner on CPU; 1: overlap, kept for the benchmark).
-        self.decode_threads = usable_cpus()
-        self.decode_ahead = 0 if self.device.type == "cpu" else 1
+        # CPU, num_workers=0: each batch is decoded by ``decode_threads`` threads, then run on
+        # all of torch's threads, taking turns (the measured winner on an idle 2-core machine);
+        # ``decode_ahead`` batches may be decoded during the forward pass instead. With
+        # ``cpu_streams`` > 1 (at most MAX_CPU_STREAMS), that many threads each decode and run
+        # whole batches on threads // cpu_streams intra-op threads: slower on an idle machine,
+        # much steadier on one shared with other busy processes (see benchmarks/RESULTS.md).
+        cpus = usable_cpus()
+        self.cpu_streams = 1
+        self.decode_threads = cpus
+        self.decode_ahead = 0
 
     # -- identity ----------------------------------------------------------------------------
     @property
@@ -332,12 +343,6 @@ class FeatureExtractor:
                                torch.nn.functional.normalize(fmap.mean(dim=(2, 3)), dim=1)], dim=1)
         return f.cpu().numpy().astype(np.float32, copy=False)
 
-    def _decode_pool(self):
-        from concurrent.futures import ThreadPoolExecutor
-
-        return ThreadPoolExecutor(max_workers=max(1, self.decode_threads),
-                                  thread_name_prefix="animefaces-decode")
-
     # -- in-memory images ----------------------------------------------------------------------
     def transform_images(self, images) -> np.ndarray:
         """Features for paths, PIL images or numpy arrays, batched, no cache.
@@ -348,62 +353,112 @@ class FeatureExtractor:
         Raises:
             BadImageError: for the first unreadable input (named).
         """
-        import torch
-
         h, w = self.spec.input_size
         images = list(images)
         if not images:
             return np.zeros((0, self.feature_dim), np.float32)
 
-        def prepare(im):
-            return resize_to_array(as_rgb_image(im, draft_size=(w, h), max_pixels=self.max_pixels),
-                                   (h, w))
+        def prepare(i):
+            im = images[i]
+            return i, resize_to_array(as_rgb_image(im, draft_size=(w, h),
+                                                  max_pixels=self.max_pixels), (h, w)), None
 
-        out = []
-        bs = self.settings.batch_size
-        with self._decode_pool() as pool:
-            for start in range(0, len(images), bs):
-                # map() re-raises the first failure in input order, as a plain loop would.
-                arrays = list(pool.map(prepare, images[start:start + bs]))
-                out.append(self._forward(torch.from_numpy(np.stack(arrays))))
-        return np.concatenate(out)
+        # prepare() raises: batches come back in order, so the first bad input in order wins.
+        return np.concatenate([f for _, f, _ in self._feature_batches(len(images), prepare)])
 
-    # -- files, through the cache -----------------------------------------------------------------
-    def _batches(self, paths):
-        """Yield ``(idx, (n, H, W, 3) uint8 tensor or None, [(i, reason)])`` per batch of
-        ``paths``, in order; each file is decoded once."""
+    # -- the engine ------------------------------------------------------------------------------
+    def _streams_for(self, n_batches: int) -> int:
+        if self.device.type != "cpu" or n_batches < 2:
+            return 1
+        return min(self.cpu_streams, n_batches)
+
+    def _feature_batches(self, n: int, decode):
+        """Yield ``(idx, features (len(idx), d) float32 or None, [(i, reason)])`` for items
+        ``0..n-1`` in batches, in order. ``decode(i) -> (i, (H, W, 3) uint8 or None, reason)``
+        must be thread-safe; it may also raise, which stops the run at that batch."""
         import torch
 
+        bs = self.settings.batch_size
+        starts = list(range(0, n, bs))
+        streams = self._streams_for(len(starts))
+
+        def decode_batch(start, pool=None):
+            ids = range(start, min(start + bs, n))
+            items = list(pool.map(decode, ids)) if pool is not None else [decode(i) for i in ids]
+            return _collate(items)
+
+        def run(start):
+            idx, batch, errors = decode_batch(start)
+            return idx, (self._forward(batch) if batch is not None else None), errors
+
+        if streams > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.trunk  # build it once, here, not racing in the streams
+            threads = torch.get_num_threads()
+            torch.set_num_threads(max(1, threads // streams))
+            try:
+                with ThreadPoolExecutor(streams, thread_name_prefix="animefaces-stream") as pool:
+                    # streams + 1 batches in flight: every stream busy, memory bounded.
+                    queued = [pool.submit(run, s) for s in starts[:streams + 1]]
+                    nxt = len(queued)
+                    try:
+                        while queued:
+                            result = queued.pop(0).result()
+                            if nxt < len(starts):
+                                queued.append(pool.submit(run, starts[nxt]))
+                                nxt += 1
+                            yield result
+                    finally:
+                        for f in queued:
+                            f.cancel()
+            finally:
+                torch.set_num_threads(threads)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        pin = self.device.type == "cuda"
+        ahead = max(0, self.decode_ahead)
+        # Batches decoded ahead are driven from their own thread: a batch task waiting on its
+        # image tasks inside the same pool could take every worker and deadlock.
+        with self._decode_pool() as pool, ThreadPoolExecutor(1) as driver:
+            queued = [driver.submit(decode_batch, s, pool) if ahead else s
+                      for s in starts[:ahead + 1]]
+            for k in range(len(starts)):
+                item = queued.pop(0)
+                idx, batch, errors = item.result() if ahead else decode_batch(item, pool)
+                if k + ahead + 1 < len(starts):
+                    s_next = starts[k + ahead + 1]
+                    queued.append(driver.submit(decode_batch, s_next, pool) if ahead else s_next)
+                if pin and batch is not None:
+                    batch = batch.pin_memory()
+                yield idx, (self._forward(batch) if batch is not None else None), errors
+
+    def _file_batches(self, paths):
+        """Features per batch of image files: streams / thread pool, or DataLoader workers."""
         bs = self.settings.batch_size
         size = self.spec.input_size
         nw = self.settings.num_workers if len(paths) > bs else 0
         if nw > 0:
-            ds = _PathDataset(paths, size, self.max_pixels)
-            yield from torch.utils.data.DataLoader(
-                ds, batch_size=bs, shuffle=False, num_workers=nw, collate_fn=_collate,
-                pin_memory=self.device.type == "cuda", prefetch_factor=4,
-                persistent_workers=False)
+            import torch
+
+            loader = torch.utils.data.DataLoader(
+                _PathDataset(paths, size, self.max_pixels), batch_size=bs, shuffle=False,
+                num_workers=nw, collate_fn=_collate, pin_memory=self.device.type == "cuda",
+                prefetch_factor=4, persistent_workers=False)
+            for idx, batch, errors in loader:
+                yield idx, (self._forward(batch) if batch is not None else None), errors
             return
-        starts = list(range(0, len(paths), bs))
-        pin = self.device.type == "cuda"
+        yield from self._feature_batches(
+            len(paths), lambda i: _decode_path(i, paths[i], size, self.max_pixels))
 
-        def submit(pool, start):
-            end = min(start + bs, len(paths))
-            return [pool.submit(_decode_path, i, paths[i], size, self.max_pixels)
-                    for i in range(start, end)]
+    def _decode_pool(self):
+        from concurrent.futures import ThreadPoolExecutor
 
-        with self._decode_pool() as pool:
-            ahead = max(0, self.decode_ahead)
-            queued = [submit(pool, s) for s in starts[:ahead + 1]]
-            for k in range(len(starts)):
-                items = [f.result() for f in queued.pop(0)]
-                if k + ahead + 1 < len(starts):
-                    queued.append(submit(pool, starts[k + ahead + 1]))
-                idx, batch, errors = _collate(items)
-                if pin and batch is not None:
-                    batch = batch.pin_memory()
-                yield idx, batch, errors
+        return ThreadPoolExecutor(max_workers=max(1, self.decode_threads),
+                                  thread_name_prefix="animefaces-decode")
 
+    # -- files, through the cache -----------------------------------------------------------------
     def extract_files(self, paths, *, cache=None, skip_bad: bool = False, progress: bool = True,
                       flush_every: int = 256, desc: str | None = None):
         """Features for image files, read from / written to ``cache``.
@@ -456,23 +511,22 @@ class FeatureExtractor:
         if todo:
             bar = tqdm(total=len(todo), desc=desc or f"extract {self.spec.name}", unit="img",
                        disable=not progress, file=sys.stderr, dynamic_ncols=True)
-            batches = self._batches([p for p, _ in todo])
+            batches = self._file_batches([p for p, _ in todo])
             try:
-                for idx, batch, errors in batches:
+                for idx, feats, errors in batches:
                     for i, reason in errors:
                         p, k = todo[i]
                         if not skip_bad:
                             raise BadImageError(p, reason + "; pass --skip-bad to go on without "
                                                 "it (it will be listed in the report)")
                         bad_reasons[k] = reason
-                    if batch is not None:
-                        feats = self._forward(batch)
+                    if feats is not None:
                         cache.add([todo[i][1] for i in idx], feats)
                         if cache.pending >= flush_every:
                             cache.flush()
                     bar.update(len(idx) + len(errors))
             finally:
-                batches.close()  # stops the decode threads / workers before we return or raise
+                batches.close()  # stops the streams / workers before we return or raise
                 cache.flush()
                 bar.close()
         bad_paths = {p for p, _ in bad}

@@ -101,11 +101,20 @@ def cpu_has_bf16() -> bool:
 
 
 def peak_rss_mb() -> float:
-    """This process's peak resident memory (MiB) so far."""
+    """This process's peak resident memory (MiB) so far.
+
+    Reads ``VmHWM`` from /proc/self/status: ``ru_maxrss`` survives exec on Linux, so a child
+    started by a big parent would report the parent's peak."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except (OSError, ValueError, IndexError):
+        pass
     import resource
 
-    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kb / 1024.0  # Linux reports KiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # KiB on Linux
 
 
 # --- measuring ----------------------------------------------------------------------------------
@@ -521,11 +530,15 @@ def naive_throughput(backbone: str, paths) -> dict:
             return trunk(x).amax(dim=(2, 3)).numpy()
 
     one(paths[0])
-    t0 = time.perf_counter()
-    for p in paths:
-        one(p)
-    dt = time.perf_counter() - t0
-    return {"img_s": round(len(paths) / dt, 2), "images": len(paths)}
+    # Two passes, each image's faster time: on a shared machine, the baseline is not
+    # penalised by a neighbour's burst (which would flatter the speed-up).
+    best = [float("inf")] * len(paths)
+    for _ in range(2):
+        for k, p in enumerate(paths):
+            t0 = time.perf_counter()
+            one(p)
+            best[k] = min(best[k], time.perf_counter() - t0)
+    return {"img_s": round(len(paths) / sum(best), 2), "images": len(paths), "passes": 2}
 
 
 def _memory_child(backbone: str, paths, workdir) -> dict:
@@ -607,7 +620,11 @@ def _small_jpegs(folder, n: int, *, size=(64, 64), seed: int = 1) -> list:
     paths = []
     for k in range(n):
         arr = base.copy()
-        arr.reshape(-1)[:8] = np.frombuffer(k.to_bytes(8, "little"), np.uint8)  # distinct bytes
+        # k in binary as black/white 8x8 blocks along the top rows: survives JPEG quantisation,
+        # so every file has distinct bytes (the extractor would decode repeats only once).
+        for j in range(min(24, (size[0] // 8) * (size[1] // 8))):
+            r, c = divmod(j, size[0] // 8)
+            arr[8 * r:8 * r + 8, 8 * c:8 * c + 8] = 255 if (k >> j) & 1 else 0
         p = folder / f"s-{k:06d}.jpg"
         Image.fromarray(arr).save(p, quality=85)
         paths.append(p)
@@ -865,19 +882,22 @@ def _strategies(name, d, paths, tmp, *, repeats, log) -> dict:
     out = {}
     all_threads = torch.get_num_threads()
     cases = {
-        "threads_take_turns (default)": dict(num_workers=0, ahead=0, dthreads=None, tthreads=None),
-        "threads_overlap": dict(num_workers=0, ahead=1, dthreads=None, tthreads=None),
-        "one_decode_thread_in_turn": dict(num_workers=0, ahead=0, dthreads=1, tthreads=None),
-        "dataloader_1_worker": dict(num_workers=1, ahead=0, dthreads=None, tthreads=None),
-        "dataloader_1_worker_torch_1_thread": dict(num_workers=1, ahead=0, dthreads=None,
+        "decode pool, then forward on all threads, taking turns (default)":
+            dict(num_workers=0, streams=1, ahead=0, tthreads=None),
+        "next batch decoded during the forward":
+            dict(num_workers=0, streams=1, ahead=1, tthreads=None),
+        "streams: one per core, each decodes + forwards its batches on 1 thread":
+            dict(num_workers=0, streams=usable_cpus(), ahead=0, tthreads=None),
+        "dataloader_1_worker": dict(num_workers=1, streams=1, ahead=0, tthreads=None),
+        "dataloader_1_worker_torch_1_thread": dict(num_workers=1, streams=1, ahead=0,
                                                    tthreads=1),
     }
     for label, c in cases.items():
         fx = _extractor(name, precision=d.precision, channels_last=d.channels_last,
                         batch_size=d.batch_size, num_workers=c["num_workers"])
         fx.decode_ahead = c["ahead"]
-        if c["dthreads"]:
-            fx.decode_threads = c["dthreads"]
+        if c["streams"]:
+            fx.cpu_streams = c["streams"]
         if c["tthreads"]:
             torch.set_num_threads(c["tthreads"])
         try:
