@@ -207,9 +207,10 @@ def synthetic_frames(folder, n: int, *, size: tuple[int, int] = (1280, 720), qua
 
 # --- the extraction benchmark (benchmarks/bench_extract.py, ``animefaces bench``) ----------------
 
-FORWARD_MODES = ("fp32", "fp32_cl", "bf16", "bf16_cl")
+FORWARD_MODES = ("fp32", "fp32_cl", "fp32_nnpack", "bf16", "bf16_cl")
 _MODE_SETTINGS = {"fp32": ("fp32", False), "fp32_cl": ("fp32", True), "bf16": ("bf16", False),
-                  "bf16_cl": ("bf16", True), "compile": ("fp32", True)}
+                  "bf16_cl": ("bf16", True), "compile": ("fp32", True),
+                  "fp32_nnpack": ("fp32", False)}
 # Backbones too slow on a small CPU for many repeats: fewer images, fewer runs.
 SLOW_BACKBONES = ("vgg16", "vgg19", "vggface", "inception_v3")
 
@@ -230,7 +231,7 @@ class BenchOptions:
         threads: torch threads (None: torch's default, one per physical core).
     """
 
-    backbones: tuple = ("mobilenet_v2", "alexnet", "googlenet", "vgg16", "vgg19")
+    backbones: tuple = ("mobilenet_v2", "alexnet", "googlenet", "inception_v3", "vgg16", "vgg19")
     quick: bool = False
     batches: tuple = (1, 16, 64)
     compile: bool = False
@@ -683,11 +684,17 @@ def _forward_rows(backbone, opts: BenchOptions, *, bf16_ok: bool, peaks: dict, m
         if prec == "bf16" and not bf16_ok:
             out["modes"][mode] = {"skipped": "no fast bf16 kernels on this CPU (see bf16_probe)"}
             continue
+        if mode == "fp32_nnpack" and (not torch.backends.nnpack.is_available()
+                                      or not opts.device.startswith("cpu")):
+            out["modes"][mode] = {"skipped": "NNPACK not available"}
+            continue
         rows = {}
         for b in opts.batches:
             fx = _extractor(backbone, precision=prec, channels_last=cl, batch_size=b,
                             device=opts.device)
-            fx.settings = type(fx.settings)(prec, cl, b, 0)  # keep bf16 even where auto would not
+            # keep bf16 even where auto would not
+            fx.settings = type(fx.settings)(prec, cl, b, 0,
+                                            "nnpack" if mode == "fp32_nnpack" else "onednn")
             fx._trunk = layouts[cl]
             rows[str(b)] = forward_throughput(fx, b, min_time=min_time,
                                               repeats=2 if slow and b > 1 else repeats)
@@ -725,6 +732,8 @@ def _forward_rows(backbone, opts: BenchOptions, *, bf16_ok: bool, peaks: dict, m
     best_mode, best = max(((m, v["best_img_s"]) for m, v in out["modes"].items()
                            if "best_img_s" in v), key=lambda mv: mv[1])
     default_mode = ("bf16" if d.precision == "bf16" else "fp32") + ("_cl" if d.channels_last else "")
+    if d.conv_engine == "nnpack":
+        default_mode = "fp32_nnpack"
     drow = out["modes"].get(default_mode, {}).get("batches", {}).get(str(d.batch_size))
     if drow is None:  # the default batch is not among opts.batches
         fx = _extractor(backbone, precision=d.precision, channels_last=d.channels_last,
@@ -733,7 +742,8 @@ def _forward_rows(backbone, opts: BenchOptions, *, bf16_ok: bool, peaks: dict, m
         drow = forward_throughput(fx, d.batch_size, min_time=min_time,
                                   repeats=2 if slow else repeats)
     out["default"] = {"precision": d.precision, "channels_last": d.channels_last,
-                      "batch_size": d.batch_size, "img_s": drow["img_s"],
+                      "conv_engine": d.conv_engine, "batch_size": d.batch_size,
+                      "img_s": drow["img_s"],
                       "best_mode": best_mode, "best_img_s": best,
                       "fraction_of_best": round(drow["img_s"] / best, 3)}
     return out
@@ -776,7 +786,7 @@ def run_benchmark(opts: BenchOptions, *, log=print) -> dict:
     device = resolve_device(opts.device)
     with tempfile.TemporaryDirectory(prefix="animefaces-bench-") as tmp:
         tmp = Path(tmp)
-        n_frames = 8 if quick else 48
+        n_frames = 8 if quick else 96
         frames = synthetic_frames(tmp, n_frames, size=(1280, 720) if not quick else (640, 360))
         crops = synthetic_frames(tmp, 4 * n_frames if not quick else 8, size=(160, 160),
                                  prefix="crop", seed=1)
@@ -961,12 +971,13 @@ def results_markdown(res: dict) -> str:
     add("")
     add("### Defaults chosen (CPU) and how close they are to the best forward-only mode")
     add("")
-    add("| backbone | precision | channels_last | batch | default img/s | best mode | best img/s "
-        "| default / best | BN not folded img/s |")
-    add("|---|---|---|---|---|---|---|---|---|")
+    add("| backbone | precision | channels_last | conv engine | batch | default img/s | best mode "
+        "| best img/s | default / best | BN not folded img/s |")
+    add("|---|---|---|---|---|---|---|---|---|---|")
     for name, b in res["backbones"].items():
         d = b["default"]
-        add(f"| {name} | {d['precision']} | {d['channels_last']} | {d['batch_size']} | "
+        add(f"| {name} | {d['precision']} | {d['channels_last']} | {d.get('conv_engine')} | "
+            f"{d['batch_size']} | "
             f"{d['img_s']} | {d['best_mode']} | {d['best_img_s']} | "
             f"{100 * d['fraction_of_best']:.0f}% | {b.get('unfolded_default', {}).get('img_s', '-')} |")
     add("")
