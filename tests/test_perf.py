@@ -244,3 +244,22 @@ def test_bf16_features_keep_svm_accuracy_on_real_data(tmp_path):
                      for s in ("val", "test", "distinct")}
     for s in ("val", "test", "distinct"):
         assert abs(acc["bf16"][s] - acc["fp32"][s]) <= 0.005, acc
+
+
+def test_nnpack_engine_gives_the_same_features_and_restores_onednn():
+    import torch
+
+    rng = np.random.default_rng(2)
+    imgs = [face_image(rng, 64), noface_image(rng, 64), face_image(rng, 72)]
+    fx = FeatureExtractor("tiny", weights="random", device="cpu", channels_last=False)
+    ref = fx.transform_images(imgs)
+    fx.settings = ExtractSettings("fp32", False, 16, 0, "nnpack")
+    got = fx.transform_images(imgs)
+    assert torch.backends.mkldnn.enabled is True
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-5)
+    vgg = FeatureExtractor("vgg16", weights="random", device="cpu")
+    if torch.backends.nnpack.is_available():
+        assert vgg.settings.conv_engine == "nnpack" and not vgg.settings.channels_last
+    # channels_last or bf16 cannot use NNPACK: the engine falls back to oneDNN
+    assert FeatureExtractor("vgg16", weights="random", device="cpu",
+                            channels_last=True).settings.conv_engine == "onednn"
