@@ -80,14 +80,17 @@ class ExtractSettings:
 
 
 # CPU defaults per backbone: the winners of benchmarks/bench_extract.py (forward-only images/s over
-# fp32 / channels_last / bf16 at batch 1, 16 and 64) on the project's 2-core AMD EPYC (Zen 3,
-# AVX2, no AVX-512 and no bf16 units) with the allocator fix. See benchmarks/RESULTS.md.
+# fp32 / channels_last / NNPACK / bf16 at batch 1, 16, (32,) 64) on the project's 2-core AMD EPYC
+# (Zen 3, AVX2, no AVX-512 and no bf16 units) with the allocator fix. See benchmarks/RESULTS.md.
 # * fp32 everywhere: without bf16 units, torch runs bf16 convolutions on a slow reference path
-#   (MobileNetV2 ~4 img/s instead of ~100).
-# * channels_last: identical features, faster oneDNN kernels.
-# * batch: the smallest batch within a few percent of the best; larger ones only cost memory.
+#   (MobileNetV2 ~4 img/s instead of ~115).
+# * channels_last: same features, faster oneDNN kernels (MobileNetV2 b16 117 vs 74 img/s NCHW).
+# * VGG: NNPACK (NCHW) beat oneDNN on their plain 3x3 stacks (vgg16 b64 ~6.1 vs ~4.5 img/s).
+# * batch: the measured best (mobilenet_v2 16: 117 vs 99 at 64; googlenet 16; alexnet 32;
+#   inception_v3 64 was 12.4 vs 11.4 at 16 in a loaded run; VGG 64 with NNPACK).
 # num_workers 0 means: decode in a thread pool of the main process, taking turns with the forward
 # pass (see the module docstring); a DataLoader decode process beside it was slower on 2 cores.
+# Unmeasured: huehist (no convolutions), vggface (vgg16's trunk), tiny (tests).
 _CPU_DEFAULTS: dict[str, ExtractSettings] = {
     "mobilenet_v2": ExtractSettings("fp32", True, 16, 0),
     "alexnet": ExtractSettings("fp32", True, 32, 0),
@@ -95,7 +98,7 @@ _CPU_DEFAULTS: dict[str, ExtractSettings] = {
     "vgg19": ExtractSettings("fp32", False, 64, 0, "nnpack"),
     "vggface": ExtractSettings("fp32", False, 64, 0, "nnpack"),  # vgg16's trunk
     "googlenet": ExtractSettings("fp32", True, 16, 0),
-    "inception_v3": ExtractSettings("fp32", True, 16, 0),
+    "inception_v3": ExtractSettings("fp32", True, 64, 0),
     "huehist": ExtractSettings("fp32", False, 64, 0),
     "tiny": ExtractSettings("fp32", True, 64, 0),
 }
