@@ -419,7 +419,7 @@ class FeatureExtractor:
         if streams > 1:
             from concurrent.futures import ThreadPoolExecutor
 
-            self.trunk  # build it once, here, not racing in the streams
+            _ = self.trunk  # build it once, here, not racing in the streams
             threads = torch.get_num_threads()
             torch.set_num_threads(max(1, threads // streams))
             try:
