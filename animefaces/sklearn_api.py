@@ -57,7 +57,7 @@ class CNNFeatures(TransformerMixin, BaseEstimator):
         from .cache import FeatureCache
 
         check_is_fitted(self, "extractor_")
-        items = list(X) if not isinstance(X, np.ndarray) or X.ndim != 4 else list(X)
+        items = list(X)  # a sequence of images, or the rows of an (N, H, W, 3) array
         fx = self.extractor_
         if items and all(isinstance(i, (str, os.PathLike)) for i in items):
             cache = FeatureCache(self.cache_dir, fx.fingerprint, meta=fx.describe(),
