@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .cli_video import _add_sampling, _fps, _nonneg_float
+from .cli_video import add_sampling_options, nonneg_float, sampling_fps
 
 _SCAN_HELP = """\
 Find where faces are on screen in videos: frames are sampled (one a second by default, as
@@ -69,17 +69,17 @@ def register(subparsers) -> None:
                    help="P(face) at or above which a face range starts (default 0.6)")
     s.add_argument("--off", type=_probability, default=0.4,
                    help="P(face) below which a range may end (default 0.4; not above --on)")
-    s.add_argument("--min-gap", type=_nonneg_float, default=None, metavar="SECONDS",
+    s.add_argument("--min-gap", type=nonneg_float, default=None, metavar="SECONDS",
                    help="longest dip below --off that is bridged (default: one sampling step; "
                         "0 bridges nothing)")
-    s.add_argument("--min-duration", type=_nonneg_float, default=0.0, metavar="SECONDS",
+    s.add_argument("--min-duration", type=nonneg_float, default=0.0, metavar="SECONDS",
                    help="drop ranges shorter than this (default 0: keep all)")
     s.add_argument("--contact-sheet", action="store_true",
                    help="with --out: a PNG per video with the first frame of each range")
     s.add_argument("--batch-size", type=_positive_int, default=32,
                    help="frames per classifier call (default 32)")
     s.add_argument("--device", default="auto", help="where the CNN runs: auto, cpu, cuda, cuda:N")
-    _add_sampling(s, keyframes_default=False)
+    add_sampling_options(s, keyframes_default=False)
     s.set_defaults(func=cmd_scan)
 
 
@@ -95,13 +95,14 @@ def cmd_scan(args) -> int:
         raise ConfigError("--contact-sheet writes files: give an output folder with --out DIR")
     if args.out:
         check_unique_stems([Path(v) for v in args.videos])
+    fps = sampling_fps(args)
     # Check the options before loading the model (seconds) and decoding (minutes).
-    ScanSettings(fps=_fps(args), keyframes=args.keyframes, on=args.on, off=args.off,
+    ScanSettings(fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
                  min_gap=args.min_gap, min_duration=args.min_duration,
                  batch_size=args.batch_size, seek=args.seek)
     clf = FaceClassifier.load(args.model, device=args.device)
     summary = scan_videos(args.videos, clf, out_dir=args.out, contact_sheets=args.contact_sheet,
-                          fps=_fps(args), keyframes=args.keyframes, on=args.on, off=args.off,
+                          fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
                           min_gap=args.min_gap, min_duration=args.min_duration,
                           batch_size=args.batch_size, seek=args.seek, progress=not args.quiet)
     print(summary)

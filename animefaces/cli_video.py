@@ -8,6 +8,11 @@ Each handler parses nothing itself and holds no logic the Python API lacks: it c
 summary, and returns 0, or 1 when some input failed. Problems with the run itself raise
 :class:`~animefaces.errors.AnimeFacesError`, which the main CLI prints as ``error: ...`` with
 exit code 2. Importing this module is cheap: PyAV and OpenCV load only when a command runs.
+
+The sampling options (:func:`add_sampling_options`, :func:`sampling_fps`) and the
+:func:`nonneg_float` argument type are shared with the ``scan`` subcommand
+(:mod:`animefaces.cli_scan`), so every video command spells ``--fps`` / ``--keyframes`` /
+``--seek`` the same way.
 """
 
 from __future__ import annotations
@@ -36,7 +41,8 @@ written and are counted as rejected.
 """
 
 
-def _nonneg_float(text: str) -> float:
+def nonneg_float(text: str) -> float:
+    """argparse type: a number >= 0 (seconds, fractions), with a message that names the text."""
     try:
         v = float(text)
     except ValueError:
@@ -57,8 +63,15 @@ def _dedup(text: str) -> int:
     return v
 
 
-def _add_sampling(p, *, keyframes_default: bool) -> None:
-    p.add_argument("--fps", type=_nonneg_float, default=1.0,
+def add_sampling_options(p: argparse.ArgumentParser, *, keyframes_default: bool) -> None:
+    """Add ``--fps``, ``--keyframes``, ``--seek`` and ``-q/--quiet`` to a video subcommand.
+
+    Args:
+        p: the subcommand's parser.
+        keyframes_default: True makes ``--keyframes`` on by default (``--no-keyframes`` turns it
+            off), as ``crops`` does; False makes it a plain flag.
+    """
+    p.add_argument("--fps", type=nonneg_float, default=1.0,
                    help="frames per second of video time to keep: the first frame at or after "
                         "each 1/FPS tick (default 1; 0.5 = one every 2 s; 0 with --keyframes = "
                         "key frames only, which decodes far less)")
@@ -81,7 +94,7 @@ def register(subparsers) -> None:
         description=_FRAMES_HELP, formatter_class=argparse.RawDescriptionHelpFormatter)
     f.add_argument("videos", nargs="+", metavar="VIDEO", help="video files")
     f.add_argument("--out", required=True, metavar="DIR", help="output folder (created)")
-    _add_sampling(f, keyframes_default=False)
+    add_sampling_options(f, keyframes_default=False)
     f.add_argument("--dedup", type=_dedup, default=None, metavar="N",
                    help="drop a frame whose 64-bit dHash is within N bits of a frame already "
                         "kept in this run (0 = identical only; about 5 drops static shots and "
@@ -103,24 +116,25 @@ def register(subparsers) -> None:
     c.add_argument("--threshold", type=float, default=0.5,
                    help="P(face) a crop needs to be kept, with --model (default 0.5)")
     c.add_argument("--device", default="auto", help="for --model: auto, cpu, cuda, cuda:N")
-    c.add_argument("--margin", type=_nonneg_float, default=0.0,
+    c.add_argument("--margin", type=nonneg_float, default=0.0,
                    help="grow each box by this fraction of its size on every side (default 0)")
     c.add_argument("--min-size", type=int, default=24, metavar="PX",
                    help="smallest face to detect, in pixels (default 24, the cascade's README)")
-    _add_sampling(c, keyframes_default=True)
+    add_sampling_options(c, keyframes_default=True)
     c.set_defaults(func=cmd_crops)
 
 
-def _fps(args):
-    # --fps 0 means "no per-second frames"; the API spells that None.
+def sampling_fps(args: argparse.Namespace) -> float | None:
+    """The API's ``fps`` from parsed ``--fps``: ``--fps 0`` (no per-second frames) is None."""
     return None if args.fps == 0 else args.fps
 
 
 def cmd_frames(args) -> int:
     from .video import extract_frames
 
-    summary = extract_frames(args.videos, args.out, fps=_fps(args), keyframes=args.keyframes,
-                             dedup=args.dedup, image_format=args.image_format, seek=args.seek,
+    summary = extract_frames(args.videos, args.out, fps=sampling_fps(args),
+                             keyframes=args.keyframes, dedup=args.dedup,
+                             image_format=args.image_format, seek=args.seek,
                              progress=not args.quiet)
     print(summary)
     return 0 if summary.ok else 1
@@ -132,8 +146,8 @@ def cmd_crops(args) -> int:
     cascade = load_cascade(args.cascade)  # fail on a missing cascade before loading a model
     confirm = classifier_confirm(args.model, device=args.device) if args.model else None
     summary = extract_crops(args.inputs, args.out, cascade=cascade, confirm=confirm,
-                            threshold=args.threshold, fps=_fps(args), keyframes=args.keyframes,
-                            seek=args.seek, margin=args.margin,
+                            threshold=args.threshold, fps=sampling_fps(args),
+                            keyframes=args.keyframes, seek=args.seek, margin=args.margin,
                             min_size=(args.min_size, args.min_size), progress=not args.quiet)
     print(summary)
     return 0 if summary.ok else 1

@@ -398,9 +398,9 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
         ConfigError: bad options, a missing or invalid cascade, OpenCV missing, or an
             ``out_dir/manifest.csv`` that is not a crops manifest.
     """
-    from .video import _check_options, write_manifest, write_manifest_check
+    from .video import check_sampling_options, write_manifest, write_manifest_check
 
-    _check_options(fps, keyframes, seek)
+    check_sampling_options(fps, keyframes=keyframes, seek=seek)
     if confirm is not None and not callable(confirm):
         raise ConfigError(f"confirm must be a callable list_of_images -> list_of_P(face), "
                           f"got {type(confirm).__name__}")
@@ -457,7 +457,7 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
     write_manifest(csv_path, writer.rows, columns=CROP_COLUMNS, replace_groups=groups,
                    sort_key=_crop_sort_key)
     summary.elapsed_s = time.perf_counter() - t0
-    from .video import _versions
+    from .video import video_versions
 
     atomic_write_json(out / "manifest.json", {
         "made_by": "animefaces.crops.extract_crops",
@@ -468,7 +468,7 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
                      if confirm is not None else None,
                      "threshold": threshold if confirm is not None else None,
                      "fps": fps, "keyframes": keyframes, "seek": seek},
-        "versions": _versions() | {"opencv": _import_cv2().__version__},
+        "versions": video_versions() | {"opencv": _import_cv2().__version__},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(summary.elapsed_s, 3),
         "totals": {"frames": summary.frames, "detections": summary.detections,

@@ -45,8 +45,8 @@ from PIL import Image
 
 from .cache import atomic_write_bytes, atomic_write_json
 from .errors import AnimeFacesError, ConfigError
-from .video import (BadVideoError, Frame, _check_options, _durations, _progress_bar, _versions,
-                    _VideoClock, check_unique_stems, probe_video, sample_frames)
+from .video import (BadVideoError, Frame, VideoClock, check_sampling_options, check_unique_stems,
+                    probe_durations, probe_video, sample_frames, video_time_bar, video_versions)
 
 FRAME_CSV_COLUMNS = ("time_s", "frame_index", "p_face", "label", "frame_type")
 RANGE_CSV_COLUMNS = ("range", "start_s", "end_s", "duration_s", "peak_p", "start", "end",
@@ -102,7 +102,7 @@ class ScanSettings:
     seek: str = "auto"
 
     def __post_init__(self):
-        _check_options(self.fps, self.keyframes, self.seek)
+        check_sampling_options(self.fps, keyframes=self.keyframes, seek=self.seek)
         _check_thresholds(self.on, self.off)
         _check_seconds("min_gap", self.min_gap, allow_none=True)
         _check_seconds("min_duration", self.min_duration)
@@ -456,11 +456,11 @@ def scan_video(video_path: os.PathLike | str, classifier, *, fps: float | None =
         res = _scan(path, classifier, settings, thumbnails=thumbnails, progress=progress,
                     decode_ahead=decode_ahead)
     else:
-        duration = _durations([path]).get(path) if progress else None
-        with _progress_bar(duration, bool(progress)) as bar:
+        duration = probe_durations([path]).get(path) if progress else None
+        with video_time_bar(duration, enabled=bool(progress)) as bar:
             bar.set_postfix_str(path.name, refresh=False)
             res = _scan(path, classifier, settings, thumbnails=thumbnails,
-                        progress=_VideoClock(bar), decode_ahead=decode_ahead)
+                        progress=VideoClock(bar), decode_ahead=decode_ahead)
     if res.error:
         raise res.info.pop("exception")
     res.info["settings"] = settings.to_dict()
@@ -686,9 +686,9 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
     t0 = time.perf_counter()
     summary = ScanSummary(results=[], settings=settings, model=model_info(classifier),
                           out_dir=out)
-    durations = _durations(paths) if progress else {}
-    bar = _progress_bar(sum(d for d in durations.values() if d), progress)
-    clock = _VideoClock(bar)
+    durations = probe_durations(paths) if progress else {}
+    bar = video_time_bar(sum(d for d in durations.values() if d), enabled=progress)
+    clock = VideoClock(bar)
     with bar:
         for p in paths:
             bar.set_postfix_str(p.name, refresh=False)
@@ -708,7 +708,7 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
                           "off longer than min_gap end a range; a frame at t stands for "
                           "[t, t + step); ranges shorter than min_duration dropped",
             "model": summary.model,
-            "versions": _versions(),
+            "versions": video_versions(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "elapsed_s": round(summary.elapsed_s, 3),
             "videos": [_result_json(r, summary.outputs.get(str(r.video)))

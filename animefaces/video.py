@@ -132,7 +132,23 @@ def _import_av():
     return av
 
 
-def _check_options(fps, keyframes, seek) -> Fraction | None:
+def check_sampling_options(fps: float | None, *, keyframes: bool,
+                           seek: str) -> Fraction | None:
+    """Check the frame-sampling options of :func:`sample_frames` before any decoding.
+
+    Args:
+        fps: sampled frames per second of video time, or ``None`` / ``0`` for key frames only.
+        keyframes: whether every key frame is kept too.
+        seek: one of :data:`SEEK_CHOICES`.
+
+    Returns:
+        the exact step between ticks in seconds (``1 / fps`` as a :class:`~fractions.Fraction`),
+        or ``None`` in key-frames-only mode.
+
+    Raises:
+        ConfigError: an unknown ``seek``, a non-positive or non-finite ``fps``, or no ``fps``
+            without ``keyframes``; the message names the value and the fix.
+    """
     if seek not in SEEK_CHOICES:
         raise ConfigError(f"unknown seek mode {seek!r}; choose one of: {', '.join(SEEK_CHOICES)}")
     if fps is None or fps == 0:
@@ -233,7 +249,7 @@ def sample_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,
             or is truncated or corrupt (possibly after some frames were yielded).
         ConfigError: for a bad ``fps`` / ``seek``.
     """
-    step = _check_options(fps, keyframes, seek)
+    step = check_sampling_options(fps, keyframes=keyframes, seek=seek)
     path = Path(video_path)
     av = _import_av()
     container, stream = _open(path)
@@ -583,7 +599,13 @@ def _frame_sort_key(row: dict):
     return (row.get("group") or "", idx, row.get("path") or "")
 
 
-def _versions() -> dict:
+def video_versions() -> dict:
+    """Versions of animefaces, Python, PyAV and FFmpeg's libraries, for a run's metadata JSON.
+
+    Returns:
+        ``{"animefaces": ..., "python": ..., "av": ..., "ffmpeg": {library: "x.y.z"}}``; the
+        last two are left out when PyAV is not installed.
+    """
     from . import __version__
 
     out = {"animefaces": __version__, "python": sys.version.split()[0]}
@@ -597,8 +619,12 @@ def _versions() -> dict:
     return out
 
 
-class _VideoClock:
-    """Feeds a tqdm bar in seconds of video time across all videos of a run."""
+class VideoClock:
+    """Feeds a tqdm bar in seconds of video time across all videos of a run.
+
+    Pass it as the ``progress`` callback of :func:`sample_frames` (it is called with the current
+    video time in seconds) and call :meth:`next_video` after each video.
+    """
 
     def __init__(self, bar):
         self.bar = bar
@@ -611,18 +637,28 @@ class _VideoClock:
             self.bar.update(seconds)
 
     def __call__(self, t: float) -> None:
+        """Advance the bar to video time ``t`` (seconds) of the current video."""
         if t > self.pos:
             self._advance(t - self.pos)
             self.pos = t
 
     def next_video(self, duration: float | None) -> None:
+        """Finish the current video (its declared ``duration`` in seconds, or None) and start
+        the next one at 0 s."""
         # Count a finished video in full, so the total stays truthful after an early error.
         if duration is not None and duration > self.pos:
             self._advance(duration - self.pos)
         self.pos = 0.0
 
 
-def _progress_bar(total: float | None, enabled: bool):
+def video_time_bar(total: float | None, *, enabled: bool):
+    """A tqdm progress bar on stderr counted in seconds of video time.
+
+    Args:
+        total: seconds of video to decode (the sum of declared durations), or None / 0 when
+            unknown (the bar then counts up without a percentage).
+        enabled: False gives a disabled bar, so callers need no second code path.
+    """
     from tqdm.auto import tqdm
 
     fmt = ("{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining}"
@@ -631,7 +667,9 @@ def _progress_bar(total: float | None, enabled: bool):
                 dynamic_ncols=True, bar_format=fmt)
 
 
-def _durations(paths: list[Path]) -> dict[Path, float | None]:
+def probe_durations(paths: list[Path]) -> dict[Path, float | None]:
+    """Each video's declared duration in seconds (:func:`probe_video`), or None for a video
+    without one or that cannot be opened (its error comes later, from the decode itself)."""
     out = {}
     for p in paths:
         try:
@@ -672,7 +710,7 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
         ConfigError: bad options, two videos with the same stem, or an ``out_dir/manifest.csv``
             that is not a manifest.
     """
-    _check_options(fps, keyframes, seek)
+    check_sampling_options(fps, keyframes=keyframes, seek=seek)
     fmt = _check_format(image_format)
     dup = NearDuplicateFilter(dedup) if dedup is not None else None
     paths = [Path(v) for v in videos]
@@ -686,9 +724,9 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
     t0 = time.perf_counter()
     summary = ExtractSummary(out_dir=out, manifest=csv_path)
     rows: list[dict] = []
-    durations = _durations(paths) if progress else {}
-    bar = _progress_bar(sum(d for d in durations.values() if d), progress)
-    clock = _VideoClock(bar)
+    durations = probe_durations(paths) if progress else {}
+    bar = video_time_bar(sum(d for d in durations.values() if d), enabled=progress)
+    clock = VideoClock(bar)
     with bar:
         for p in paths:
             res = VideoResult(video=str(p))
@@ -719,7 +757,7 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
         "settings": {"fps": fps, "keyframes": keyframes, "dedup": dedup,
                      "dedup_hash": "dHash 64-bit (9x8 grayscale, BOX resize)",
                      "image_format": fmt, "seek": seek},
-        "versions": _versions(),
+        "versions": video_versions(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "elapsed_s": round(summary.elapsed_s, 3),
         "videos": [vars(r) for r in summary.results],
