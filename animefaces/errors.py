@@ -26,6 +26,15 @@ class BadImageError(AnimeFacesError):
         super().__init__(f"cannot read image {self.path}: {reason}")
 
 
+class BadVideoError(AnimeFacesError):
+    """A video file cannot be read (missing, not a video, no video stream, truncated, corrupt)."""
+
+    def __init__(self, path, reason):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"cannot read video {self.path}: {reason}")
+
+
 class WeightsNotFoundError(AnimeFacesError):
     """Pretrained weights for a backbone are not available locally."""
 

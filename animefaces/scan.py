@@ -44,9 +44,9 @@ import numpy as np
 from PIL import Image
 
 from .cache import atomic_write_bytes, atomic_write_json
-from .errors import AnimeFacesError, ConfigError
-from .video import (BadVideoError, Frame, VideoClock, check_sampling_options, check_unique_stems,
-                    probe_durations, probe_video, sample_frames, video_time_bar, video_versions)
+from .errors import AnimeFacesError, BadVideoError, ConfigError
+from .video import (Frame, VideoClock, check_sampling_options, check_unique_stems, probe_durations,
+                    probe_video, sample_frames, video_time_bar, video_versions)
 
 FRAME_CSV_COLUMNS = ("time_s", "frame_index", "p_face", "label", "frame_type")
 RANGE_CSV_COLUMNS = ("range", "start_s", "end_s", "duration_s", "peak_p", "start", "end",

@@ -38,7 +38,8 @@ import numpy as np
 from PIL import Image
 
 from .cache import atomic_write_bytes, atomic_write_json
-from .errors import AnimeFacesError, ConfigError
+# BadVideoError lives with the other error types in errors.py; it stays importable from here.
+from .errors import AnimeFacesError, BadVideoError, ConfigError
 
 VIDEO_EXTENSIONS = (".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".gif", ".ts", ".m2ts",
                     ".mpg", ".mpeg", ".wmv", ".flv", ".ogv")
@@ -51,15 +52,6 @@ SEEK_CHOICES = ("auto", "never", "always")
 _SEEK_GOPS = 2
 # A video stream that ends this much before its declared duration is reported as truncated.
 _TRUNCATION_SLACK_S = 1.0
-
-
-class BadVideoError(AnimeFacesError):
-    """A video file cannot be read (missing, not a video, no video stream, truncated, corrupt)."""
-
-    def __init__(self, path, reason):
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"cannot read video {self.path}: {reason}")
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,10 @@ from PIL import Image
 import av  # noqa: E402  (the video extra; missing is a real failure)
 
 from animefaces.cli import main  # noqa: E402
-from animefaces.errors import AnimeFacesError, ConfigError  # noqa: E402
+from animefaces.errors import AnimeFacesError, BadVideoError, ConfigError  # noqa: E402
 from animefaces.scan import (  # noqa: E402
     FRAME_CSV_COLUMNS, RANGE_CSV_COLUMNS, FaceRange, contact_sheet, face_ranges, format_time,
     scan_video, scan_videos)
-from animefaces.video import BadVideoError  # noqa: E402
 
 from conftest import face_image, make_dataset, noface_image, tiny_config  # noqa: E402
 

@@ -347,6 +347,15 @@ def test_bad_input_error_names_the_file(bad_inputs, name, reason):
         list(sample_frames(path, fps=1))
     assert str(path) in str(info.value) and reason in str(info.value)
     assert isinstance(info.value, AnimeFacesError)
+    assert info.value.path == str(path) and reason in info.value.reason
+
+
+def test_bad_video_error_lives_in_errors_and_is_re_exported_by_video():
+    import animefaces.errors
+    import animefaces.video
+
+    assert animefaces.video.BadVideoError is animefaces.errors.BadVideoError is BadVideoError
+    assert issubclass(BadVideoError, animefaces.errors.AnimeFacesError)
 
 
 def test_batches_before_a_stream_error_are_delivered(bad_inputs):
