@@ -17,13 +17,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import av  # noqa: E402  (installed with the video extra; a missing one is a real failure)
+import av  # noqa: E402,F401  (installed with the video extra; a missing one is a real failure)
 import cv2  # noqa: E402,F401
 
 from animefaces.crops import (  # noqa: E402
     CROP_COLUMNS, classifier_confirm, detect_faces, extract_crops, load_cascade)
 from animefaces.errors import AnimeFacesError, ConfigError  # noqa: E402
 from animefaces.video import extract_frames  # noqa: E402
+
+from _videos import write_video  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 CASCADE = SHARED / "models" / "lbpcascade_animeface.xml"
@@ -147,25 +149,22 @@ def test_confirm_must_return_one_score_per_crop(cascade, frames_dir, tmp_path):
                       batch_size=64, progress=False)
 
 
-def make_video_from(images: list[Path], path: Path, *, size=(640, 360), rate=12) -> Path:
-    """One shared picture per second, letterboxed to ``size``; near-lossless H.264."""
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=rate, options={"crf": "12", "preset": "ultrafast",
-                                                          "g": "24", "sc_threshold": "0"})
-        s.width, s.height, s.pix_fmt = size[0], size[1], "yuv420p"
-        for p in images:
-            img = Image.open(p).convert("RGB")
-            img.thumbnail((size[0], size[1] * 10), Image.BICUBIC)
-            img = img.resize((img.width * size[1] // img.height, size[1]), Image.BICUBIC)
-            canvas = Image.new("RGB", size)
-            canvas.paste(img, ((size[0] - img.width) // 2, 0))
-            frame = av.VideoFrame.from_image(canvas)
-            for _ in range(rate):
-                for pkt in s.encode(frame):
-                    out.mux(pkt)
-        for pkt in s.encode():
-            out.mux(pkt)
-    return path
+def letterboxed(image_path: Path, size=(640, 360)) -> Image.Image:
+    """The picture scaled to the height of ``size`` and centred on black."""
+    img = Image.open(image_path).convert("RGB")
+    img.thumbnail((size[0], size[1] * 10), Image.BICUBIC)
+    img = img.resize((img.width * size[1] // img.height, size[1]), Image.BICUBIC)
+    canvas = Image.new("RGB", size)
+    canvas.paste(img, ((size[0] - img.width) // 2, 0))
+    return canvas
+
+
+def make_video_from(images: list[Path], path: Path, *, rate=12) -> Path:
+    """One shared picture per second, letterboxed to 640x360; near-lossless H.264, key frames
+    every 2 s."""
+    return write_video(path, [letterboxed(p) for p in images], rate=rate,
+                       options={"crf": "12", "preset": "ultrafast", "g": "24",
+                                "sc_threshold": "0"})
 
 
 def test_video_and_its_frames_manifest_give_the_same_crops(cascade, face_hits, tmp_path):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import av  # noqa: E402  (the video extra; missing is a real failure)
+import av  # noqa: E402,F401  (the video extra; missing is a real failure)
 
 from animefaces.cli import main  # noqa: E402
 from animefaces.errors import AnimeFacesError, BadVideoError, ConfigError  # noqa: E402
@@ -28,10 +28,11 @@ from animefaces.scan import (  # noqa: E402
     FRAME_CSV_COLUMNS, RANGE_CSV_COLUMNS, FaceRange, contact_sheet, face_ranges, format_time,
     scan_video, scan_videos)
 
+from _videos import second_shown, stamp_second, write_audio_only, write_video, x264  # noqa: E402
 from conftest import face_image, make_dataset, noface_image, tiny_config  # noqa: E402
 
 SIZE, RATE, SECONDS = 128, 12, 12
-X264 = {"g": "24", "keyint_min": "24", "sc_threshold": "0", "preset": "ultrafast"}
+X264 = x264(24)
 
 
 # -- face_ranges on hand-made sequences --------------------------------------------------------
@@ -143,34 +144,17 @@ def test_format_time():
 
 # -- scans of coded videos with a fake classifier ----------------------------------------------
 
-def code_level(second: int) -> int:
-    return 20 + 18 * second
-
-
 def coded_picture(second: int) -> np.ndarray:
+    """(SIZE, SIZE, 3) uint8: one flat colour per second, with the second's code patch."""
     rng = np.random.default_rng(1000 + second)
     img = np.empty((SIZE, SIZE, 3), np.uint8)
     img[:] = rng.integers(40, 216, 3)
-    img[:32, :32] = code_level(second)
-    return img
+    return stamp_second(img, second)
 
 
-def second_shown(image: Image.Image) -> int:
-    level = float(np.asarray(image.convert("L"))[4:28, 4:28].mean())
-    return int(round((level - 20) / 18))
-
-
-def make_video(path: Path, pictures, *, rate=RATE, options=None, container_options=None):
-    with av.open(str(path), "w", options=container_options or {}) as out:
-        stream = out.add_stream("libx264", rate=rate, options=options or X264)
-        stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
-        for i in range(len(pictures) * rate):
-            frame = av.VideoFrame.from_ndarray(pictures[i // rate], format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+def make_video(path: Path, pictures, **kw) -> Path:
+    """Each picture shown for one second at RATE fps, x264 with a key frame every 2 s."""
+    return write_video(path, pictures, rate=RATE, options=X264, **kw)
 
 
 @dataclass
@@ -294,17 +278,7 @@ def bad_inputs(coded, tmp_path_factory):
     text.write_text("this is a text file, not a video\n" * 50)
     data = coded["fast"].read_bytes()  # moov first: cut, the stream ends early
     (d / "cut.mp4").write_bytes(data[: len(data) // 2])
-    audio = d / "sound.m4a"
-    with av.open(str(audio), "w") as out:
-        s = out.add_stream("aac", rate=44100)
-        for i in range(10):
-            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                            layout="mono")
-            fr.sample_rate, fr.pts = 44100, i * 1024
-            for p in s.encode(fr):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    audio = write_audio_only(d / "sound.m4a", packets=10)
     return {"missing": d / "missing.mp4", "text": text, "cut": d / "cut.mp4", "audio": audio}
 
 
@@ -490,15 +464,6 @@ def test_real_frames_with_the_trained_model(tmp_path, real_sweep):
     faces = pictures("face", 4, lambda p: p >= 0.8)
     others = pictures("no_face", 8, lambda p: p <= 0.2)
     seq = others[:3] + faces + others[3:]
-    path = tmp_path / "real.mp4"
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=RATE, options=X264)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for i in range(len(seq) * RATE):
-            for packet in stream.encode(av.VideoFrame.from_ndarray(seq[i // RATE],
-                                                                   format="rgb24")):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
+    path = make_video(tmp_path / "real.mp4", seq)
     res = scan_video(path, clf, progress=False)
     assert [(s, e) for s, e, _ in res.ranges] == [(3.0, 7.0)], res.frames

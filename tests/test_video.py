@@ -1,4 +1,4 @@
-"""Frame sampling (animefaces.video) on small videos made here with PyAV.
+"""Frame sampling (animefaces.video) on small videos made here with PyAV (tests/_videos.py).
 
 Every synthetic video shows one static picture per second: a seeded pattern of coloured blocks
 plus a 32x32 code patch in the top-left corner whose grey level says which second it is, so a
@@ -10,8 +10,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,11 +22,9 @@ from animefaces.video import (  # noqa: E402
     FRAME_COLUMNS, BadVideoError, NearDuplicateFilter, dhash, extract_frames,
     iter_sampled_frames, probe_video, sample_frames)
 
-W, H, RATE = 320, 180, 24
+from _videos import second_shown, stamp_second, write_audio_only, write_video, x264  # noqa: E402
 
-
-def code_level(second: int) -> int:
-    return 20 + 25 * second
+W, H, RATE, SECONDS = 320, 180, 24, 8
 
 
 def picture(second: int, *, seed: int | None = None) -> np.ndarray:
@@ -36,36 +32,16 @@ def picture(second: int, *, seed: int | None = None) -> np.ndarray:
     rng = np.random.default_rng(second if seed is None else seed)
     blocks = rng.integers(0, 256, size=(H // 16 + 1, W // 16 + 1, 3), dtype=np.uint8)
     img = np.repeat(np.repeat(blocks, 16, 0), 16, 1)[:H, :W].copy()
-    img[:32, :32] = code_level(second)
-    return img
+    return stamp_second(img, second)
 
 
-def second_shown(image: Image.Image) -> int:
-    level = float(np.asarray(image.convert("L"))[4:28, 4:28].mean())
-    return int(round((level - 20) / 25))
-
-
-def make_video(path: Path, *, codec="libx264", seconds=8, rate=RATE, options=None,
-               container_options=None, pictures=None, pix_fmt="yuv420p") -> Path:
-    try:
-        av.codec.Codec(codec, "w")
-    except Exception:  # noqa: BLE001 - an FFmpeg build without this encoder
-        pytest.skip(f"this FFmpeg build has no {codec} encoder")
-    pictures = pictures or [picture(s) for s in range(seconds)]
-    with av.open(str(path), "w", options=container_options or {}) as out:
-        stream = out.add_stream(codec, rate=rate, options=options or {})
-        stream.width, stream.height, stream.pix_fmt = W, H, pix_fmt
-        for i in range(seconds * rate):
-            frame = av.VideoFrame.from_ndarray(pictures[i // rate], format="rgb24")
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode():
-            out.mux(packet)
-    return path
+def make_video(path, *, pictures=None, **kw):
+    """An 8 s video at 24 fps of :func:`picture` 0-7 (or ``pictures``), one a second."""
+    return write_video(path, pictures or [picture(s) for s in range(SECONDS)], rate=RATE, **kw)
 
 
 # x264 with a fixed GOP of 2 s and no scene-cut key frames: key frames at 0, 2, 4, 6 s.
-X264_GOP48 = {"g": "48", "keyint_min": "48", "sc_threshold": "0", "preset": "ultrafast"}
+X264_GOP48 = x264(48)
 
 
 @pytest.fixture(scope="module")
@@ -75,8 +51,7 @@ def videos(tmp_path_factory):
          "faststart": make_video(d / "fast.mp4", options=X264_GOP48,
                                  container_options={"movflags": "faststart"}),
          "short_gop": make_video(d / "shortgop.mp4",
-                                 options={"g": "12", "keyint_min": "12", "sc_threshold": "0",
-                                          "preset": "ultrafast"})}
+                                 options=x264(12))}
     # Pictures change only at 4 s: seconds 0-3 show A, 4-7 show B.
     static = [picture(0, seed=100)] * 4 + [picture(4, seed=200)] * 4
     v["static"] = make_video(d / "static.mp4", options=X264_GOP48, pictures=static)
@@ -141,18 +116,8 @@ def test_animated_gif_uses_each_frames_delay(videos):
 @pytest.mark.parametrize("suffix", ["mp4", "mkv"])
 def test_variable_frame_rate_uses_timestamps(tmp_path, suffix):
     times = [0, 0.1, 0.5, 1.4, 1.45, 2.0, 3.7, 3.9, 4.0, 5.2, 5.5]  # seconds, irregular
-    path = tmp_path / f"vfr.{suffix}"
-    with av.open(str(path), "w") as out:
-        s = out.add_stream("libx264", rate=30, options={"preset": "ultrafast", "bf": "0"})
-        s.width, s.height, s.pix_fmt = W, H, "yuv420p"
-        s.codec_context.time_base = Fraction(1, 1000)
-        for t in times:
-            f = av.VideoFrame.from_ndarray(picture(int(t)), format="rgb24")
-            f.pts, f.time_base = int(round(t * 1000)), Fraction(1, 1000)
-            for p in s.encode(f):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    path = write_video(tmp_path / f"vfr.{suffix}", [picture(int(t)) for t in times], rate=30,
+                       options={"preset": "ultrafast", "bf": "0"}, times_s=times)
     # Ticks 0..5 s: the first frame at or after each; the frame counter gives exact indices.
     assert sampled(path, fps=1) == [(0, 0.0, "sec", 0), (3, 1.4, "sec", 1), (5, 2.0, "sec", 2),
                                     (6, 3.7, "sec", 3), (8, 4.0, "sec", 4), (9, 5.2, "sec", 5)]
@@ -319,17 +284,7 @@ def bad_inputs(videos, tmp_path_factory):
     (d / "cut_index.mp4").write_bytes(data[: len(data) // 2])
     data = videos["faststart"].read_bytes()  # moov first: cut, the stream ends early
     (d / "cut_stream.mp4").write_bytes(data[: len(data) // 2])
-    audio = d / "sound.m4a"
-    with av.open(str(audio), "w") as out:
-        s = out.add_stream("aac", rate=44100)
-        for i in range(20):
-            fr = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp",
-                                            layout="mono")
-            fr.sample_rate, fr.pts = 44100, i * 1024
-            for p in s.encode(fr):
-                out.mux(p)
-        for p in s.encode():
-            out.mux(p)
+    audio = write_audio_only(d / "sound.m4a", packets=20)
     return {"missing": d / "missing.mp4", "text": text, "cut_index": d / "cut_index.mp4",
             "cut_stream": d / "cut_stream.mp4", "audio": audio}
 
