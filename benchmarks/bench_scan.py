@@ -1,7 +1,8 @@
 """Benchmark ``scan``: sampled frames classified per second, against decoding alone.
 
 Makes a synthetic 1280x720 H.264 video with PyAV (default 40 s, 24 fps, one key frame every
-240 frames; the generator of ``bench_video.py``) unless --video names a real file, then times:
+240 frames; the generator in ``_synthetic.py``, shared with ``bench_video.py``) unless --video
+names a real file, then times:
 
 * ``decode_fps1``: ``sample_frames(fps=1)`` alone, frames converted to PIL images and dropped
   (the floor for ``scan`` at 1 fps: no classifier);
@@ -41,7 +42,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_video import make_video, timed  # noqa: E402
+from _synthetic import add_video_args, video_for  # noqa: E402
+from bench_video import timed  # noqa: E402
 
 from animefaces.scan import model_info, scan_video  # noqa: E402
 from animefaces.video import probe_video, sample_frames  # noqa: E402
@@ -72,13 +74,9 @@ def load_classifier(model: Path, device: str):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--video", type=Path, help="benchmark this file instead of a synthetic one")
+    add_video_args(ap, seconds=40.0)
     ap.add_argument("--model", type=Path, default=Path("models/best"))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--seconds", type=float, default=40.0)
-    ap.add_argument("--fps", type=int, default=24, help="frame rate of the synthetic video")
-    ap.add_argument("--gop", type=int, default=240, help="key frame interval in frames")
-    ap.add_argument("--size", default="1280x720")
     ap.add_argument("--batch-sizes", default="32,8",
                     help="comma-separated batch sizes for scan at 1 fps (the first is the "
                          "default run)")
@@ -94,16 +92,7 @@ def main(argv=None) -> int:
     print(f"classifier: {which} (loaded in {time.perf_counter() - t0:.1f} s)")
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.video:
-            video, made = args.video, None
-        else:
-            w, h = (int(v) for v in args.size.lower().split("x"))
-            video = Path(tmp) / "synthetic.mp4"
-            t0 = time.perf_counter()
-            make_video(video, seconds=args.seconds, fps=args.fps, gop=args.gop, width=w, height=h)
-            made = {"seconds": args.seconds, "fps": args.fps, "gop": args.gop, "size": args.size,
-                    "codec": "libx264 veryfast crf 23",
-                    "encode_s": round(time.perf_counter() - t0, 2), "bytes": video.stat().st_size}
+        video, made = video_for(args, Path(tmp))
         info = probe_video(video)
         duration = info.duration_s or 0.0
         # Warm-up: first forward pass (allocator, thread pools) and the file in the page cache.

@@ -1,7 +1,8 @@
 """Benchmark frame sampling: 1 frame a second (and other modes) vs decoding every frame.
 
-Makes a synthetic 1280x720 H.264 video with PyAV (default 60 s, 24 fps, one key frame every
-240 frames, as TV anime encodes often have) unless --video names a real file, then times:
+Makes a synthetic 1280x720 H.264 video with PyAV (``_synthetic.py``; default 60 s, 24 fps, one
+key frame every 240 frames, as TV anime encodes often have) unless --video names a real file,
+then times:
 
 * ``decode_all``: decode every frame, convert none (the floor for any sequential strategy);
 * ``decode_all_rgb``: decode every frame and convert each to a PIL image (a naive extractor);
@@ -35,39 +36,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _synthetic import add_video_args, video_for  # noqa: E402
 
 from animefaces.video import probe_video, sample_frames  # noqa: E402
-
-
-def make_video(path: Path, *, seconds: float, fps: int, gop: int, width: int, height: int) -> None:
-    """Moving shapes over a gradient, so motion compensation has real work to do."""
-    import av
-
-    n = int(round(seconds * fps))
-    with av.open(str(path), "w") as out:
-        stream = out.add_stream("libx264", rate=fps, options={
-            "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0", "preset": "veryfast",
-            "crf": "23"})
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-        yy, xx = np.mgrid[0:height, 0:width]
-        base = np.stack([(xx * 255 // width), (yy * 255 // height),
-                         ((xx + yy) * 255 // (width + height))], axis=-1).astype(np.uint8)
-        rng = np.random.default_rng(0)
-        noise = rng.integers(0, 24, size=(height, width, 3), dtype=np.uint8)
-        for i in range(n):
-            img = base.copy()
-            img += noise
-            shot = i // (fps * 4)  # a new "shot" every 4 s
-            img[:, :, shot % 3] //= 2
-            for k in range(4):
-                cx = int((i * (3 + k) + k * 200) % (width - 160))
-                cy = int((k * 150 + 40 * np.sin(i / (10 + k))) % (height - 160)) + 20
-                img[cy:cy + 120, cx:cx + 140] = ((k * 70 + shot * 40) % 256, 200 - k * 40, 90)
-            frame = av.VideoFrame.from_ndarray(img, format="rgb24")
-            for p in stream.encode(frame):
-                out.mux(p)
-        for p in stream.encode():
-            out.mux(p)
 
 
 def decode_all(path: Path, *, to_rgb: bool) -> int:
@@ -95,11 +68,7 @@ def timed(fn, repeats: int):
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--video", type=Path, help="benchmark this file instead of a synthetic one")
-    ap.add_argument("--seconds", type=float, default=60.0)
-    ap.add_argument("--fps", type=int, default=24, help="frame rate of the synthetic video")
-    ap.add_argument("--gop", type=int, default=240, help="key frame interval in frames")
-    ap.add_argument("--size", default="1280x720")
+    add_video_args(ap, seconds=60.0)
     ap.add_argument("--sparse-step", type=float, default=40.0,
                     help="seconds between samples for the sparse strategies")
     ap.add_argument("--repeats", type=int, default=3)
@@ -107,17 +76,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     with tempfile.TemporaryDirectory() as tmp:
-        if args.video:
-            video = args.video
-            made = None
-        else:
-            w, h = (int(v) for v in args.size.lower().split("x"))
-            video = Path(tmp) / "synthetic.mp4"
-            t0 = time.perf_counter()
-            make_video(video, seconds=args.seconds, fps=args.fps, gop=args.gop, width=w, height=h)
-            made = {"seconds": args.seconds, "fps": args.fps, "gop": args.gop, "size": args.size,
-                    "codec": "libx264 veryfast crf 23",
-                    "encode_s": round(time.perf_counter() - t0, 2), "bytes": video.stat().st_size}
+        video, made = video_for(args, Path(tmp))
         load = os.getloadavg()[0]
         print(f"load average: {load:.2f} on {os.cpu_count()} CPUs")
         info = probe_video(video)
