@@ -14,8 +14,10 @@ Two sampling modes, after the two papers' data sets:
 
 Timestamps come from each frame's ``pts`` and its stream's ``time_base`` with exact fractions, so
 variable frame rate video and animated GIFs (whose frames carry their own delays) are sampled by
-real display time. Errors name the file: :class:`BadVideoError` for a missing file, a non-video,
-a stream without video, and a truncated or corrupt stream.
+real display time. Frames come out upright: a display matrix in the container (phone videos
+are often stored sideways with a rotation to apply) is applied as ``ffmpeg`` and players do
+(:func:`apply_display_matrix`). Errors name the file: :class:`BadVideoError` for a missing
+file, a non-video, a stream without video, and a truncated or corrupt stream.
 
 :func:`extract_frames` writes the sampled frames and a labelable ``manifest.csv``;
 :func:`iter_sampled_frames` streams them in batches for other commands (``scan``).
@@ -27,9 +29,10 @@ import csv
 import io
 import math
 import os
+import struct
 import sys
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -65,7 +68,8 @@ class Frame:
         time_s: display time in seconds from the start of the video stream.
         frame_type: ``"key"`` (a key frame, keyframes mode) or ``"sec"`` (the first frame at or
             after a ``1/fps`` tick).
-        image: the decoded frame, RGB.
+        image: the decoded frame, RGB, upright (the container's display matrix applied, so a
+            sideways-stored phone video gives portrait frames).
     """
 
     index: int
@@ -192,6 +196,73 @@ def _reason(exc) -> str:
     return getattr(exc, "strerror", None) or str(exc)
 
 
+def apply_display_matrix(image: Image.Image, matrix: Sequence[int] | None) -> Image.Image:
+    """Turn a decoded picture the way its display matrix says it is to be shown.
+
+    Phone videos are often stored sideways (the sensor's orientation) with a display matrix
+    (in MP4/MOV, read by FFmpeg as ``AV_PKT_DATA_DISPLAYMATRIX`` side data) that rotates and
+    possibly mirrors the picture for display. This applies it as ``ffmpeg`` does by default
+    (``-autorotate``): rotations by multiples of 90 degrees and mirrorings exactly, any other
+    angle with a bicubic rotation that keeps the picture's size.
+
+    Args:
+        image: the decoded picture, as stored.
+        matrix: the 3x3 display matrix as 9 integers in FFmpeg's layout (16.16 fixed point),
+            or None when the video has none.
+
+    Returns:
+        the upright picture (``image`` itself when there is nothing to do); a rotation by 90 or
+        270 degrees swaps width and height.
+    """
+    if matrix is None or len(matrix) < 9:
+        return image
+    m = matrix
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:  # degenerate: not a rotation
+        return image
+    # av_display_rotation_get (counterclockwise degrees), then ffmpeg's get_rotation: the
+    # clockwise angle that makes the picture upright, in [0, 360).
+    ccw = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+    theta = -round(ccw)
+    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
+    # The cases and the matrix entries that pick a mirrored variant are ffmpeg's (fftools), so
+    # frames look as in ffmpeg and players. PIL's ROTATE_90 turns counterclockwise; TRANSPOSE
+    # and TRANSVERSE are ffmpeg's transpose=cclock_flip and clock_flip.
+    _T = Image.Transpose
+    ops: list[Image.Transpose] = []
+    if abs(theta - 90) < 1:
+        ops = [_T.TRANSPOSE if m[3] > 0 else _T.ROTATE_270]   # cclock_flip / clock
+    elif abs(theta - 180) < 1:
+        ops = ([_T.FLIP_LEFT_RIGHT] if m[0] < 0 else []) + \
+              ([_T.FLIP_TOP_BOTTOM] if m[4] < 0 else [])
+    elif abs(theta - 270) < 1:
+        ops = [_T.TRANSVERSE if m[3] < 0 else _T.ROTATE_90]   # clock_flip / cclock
+    elif abs(theta) >= 1:
+        # ffmpeg's rotate filter: clockwise, same size, black corners.
+        return image.rotate(-theta, resample=Image.Resampling.BICUBIC, expand=False)
+    elif m[4] < 0:
+        ops = [_T.FLIP_TOP_BOTTOM]
+    for op in ops:
+        image = image.transpose(op)
+    return image
+
+
+def _display_matrix(av, frame) -> tuple[int, ...] | None:
+    """The decoded frame's display matrix (FFmpeg attaches the container's to each frame)."""
+    try:
+        side = frame.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX)
+    except AttributeError:  # a PyAV without frame side data: no rotation to apply
+        return None
+    if side is None:
+        return None
+    data = bytes(side)
+    return struct.unpack("=9i", data[:36]) if len(data) >= 36 else None
+
+
+def _upright_image(av, frame) -> Image.Image:
+    return apply_display_matrix(frame.to_image(), _display_matrix(av, frame))
+
+
 def _duration_s(container, stream) -> float | None:
     if stream.duration is not None and stream.time_base is not None:
         return float(stream.duration * stream.time_base)
@@ -310,9 +381,9 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
                     if take_tick:
                         next_tick = (t // step + 1) * step
                     if keyframes and is_key:
-                        yield Frame(index, float(t), "key", frame.to_image())
+                        yield Frame(index, float(t), "key", _upright_image(av, frame))
                     elif take_tick:
-                        yield Frame(index, float(t), "sec", frame.to_image())
+                        yield Frame(index, float(t), "sec", _upright_image(av, frame))
                 # Decide on a seek only after the key frame packet is decoded, so a container
                 # that refuses to seek leaves the decoder in a consistent state.
                 if try_seek and packet.is_keyframe and packet.pts is not None:

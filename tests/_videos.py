@@ -62,7 +62,8 @@ def _rgb(picture) -> np.ndarray:
 
 def write_video(path: Path, pictures: Sequence, *, rate: int = 24, codec: str = "libx264",
                 options: dict | None = None, container_options: dict | None = None,
-                pix_fmt: str = "yuv420p", times_s: Sequence[float] | None = None) -> Path:
+                pix_fmt: str = "yuv420p", times_s: Sequence[float] | None = None,
+                display: tuple[int, bool, bool] | None = None) -> Path:
     """Encode ``pictures`` into a video file at ``path`` (the container follows the suffix).
 
     Args:
@@ -75,6 +76,10 @@ def write_video(path: Path, pictures: Sequence, *, rate: int = 24, codec: str = 
         pix_fmt: the encoded pixel format.
         times_s: variable frame rate instead: one frame per picture, shown at these times
             (seconds, increasing; millisecond timestamps).
+        display: ``(degrees, hflip, vflip)`` for a display matrix in the container, as PyAV's
+            ``VideoStream.set_display_rotation`` takes it: players turn the stored pictures
+            ``degrees`` counterclockwise, then mirror them. A PyAV that cannot write one skips
+            the test.
 
     Returns:
         ``path``.
@@ -88,6 +93,11 @@ def write_video(path: Path, pictures: Sequence, *, rate: int = 24, codec: str = 
     with av.open(str(path), "w", options=container_options or {}) as out:
         stream = out.add_stream(codec, rate=rate, options=options or {})
         stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        if display is not None:
+            if not hasattr(stream, "set_display_rotation"):
+                pytest.skip(f"PyAV {av.__version__} cannot write a display matrix")
+            degrees, hflip, vflip = display
+            stream.set_display_rotation(degrees, hflip=hflip, vflip=vflip)
         if times_s is None:
             frames = (av.VideoFrame.from_ndarray(pictures[i // rate], format="rgb24")
                       for i in range(len(pictures) * rate))

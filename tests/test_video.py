@@ -19,8 +19,8 @@ import av  # noqa: E402  (the video extra; missing is a real failure)
 
 from animefaces.errors import AnimeFacesError, ConfigError  # noqa: E402
 from animefaces.video import (  # noqa: E402
-    FRAME_COLUMNS, BadVideoError, NearDuplicateFilter, dhash, extract_frames,
-    iter_sampled_frames, probe_video, sample_frames)
+    FRAME_COLUMNS, BadVideoError, NearDuplicateFilter, apply_display_matrix, dhash,
+    extract_frames, iter_sampled_frames, probe_video, sample_frames)
 
 from _videos import second_shown, stamp_second, write_audio_only, write_video, x264  # noqa: E402
 
@@ -121,6 +121,76 @@ def test_variable_frame_rate_uses_timestamps(tmp_path, suffix):
     # Ticks 0..5 s: the first frame at or after each; the frame counter gives exact indices.
     assert sampled(path, fps=1) == [(0, 0.0, "sec", 0), (3, 1.4, "sec", 1), (5, 2.0, "sec", 2),
                                     (6, 3.7, "sec", 3), (8, 4.0, "sec", 4), (9, 5.2, "sec", 5)]
+
+
+# -- display matrix (phone videos stored sideways) --------------------------------------------
+
+def stored_for(upright: np.ndarray, degrees: int, hflip: bool, vflip: bool) -> np.ndarray:
+    """The picture to store so that players show ``upright``. By PyAV's description of
+    ``set_display_rotation``, players turn the stored picture ``degrees`` counterclockwise and
+    then mirror it; so mirror ``upright`` and turn it back."""
+    shown = upright[:, ::-1] if hflip else upright
+    shown = shown[::-1] if vflip else shown
+    return np.ascontiguousarray(np.rot90(shown, k=-degrees // 90))
+
+
+def orientation_errors(image, upright: np.ndarray) -> dict[str, float]:
+    """Mean absolute pixel error of ``image`` against ``upright`` and its same-size turns."""
+    px = np.asarray(image, dtype=np.int16)
+    turns = {"upright": upright, "mirrored": upright[:, ::-1], "upside_down": upright[::-1],
+             "turned_180": upright[::-1, ::-1]}
+    return {k: float(np.abs(px - v).mean()) for k, v in turns.items()}
+
+
+# (degrees counterclockwise, hflip, vflip): -90 is the usual portrait phone video (its old
+# "rotate" tag said 90 clockwise); the mirrored cases are the other EXIF-like orientations.
+DISPLAYS = [(-90, False, False), (90, False, False), (180, False, False), (0, True, False),
+            (0, False, True), (90, True, False), (-90, True, False)]
+
+
+@pytest.mark.parametrize("display", DISPLAYS)
+def test_frames_are_turned_upright_by_the_display_matrix(tmp_path, display):
+    upright = [picture(s) for s in range(3)]  # landscape W x H
+    stored = [stored_for(u, *display) for u in upright]
+    path = write_video(tmp_path / "phone.mp4", stored, rate=RATE, options=X264_GOP48,
+                       display=display)
+    with av.open(str(path)) as c:  # the file holds the stored pictures and a display matrix
+        raw = next(c.decode(video=0))
+        assert (raw.width, raw.height) == (stored[0].shape[1], stored[0].shape[0])
+        assert raw.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX) is not None
+    got = list(sample_frames(path, fps=1))
+    assert [f.image.size for f in got] == [(W, H)] * 3
+    for second, f in enumerate(got):
+        errors = orientation_errors(f.image, upright[second])
+        assert min(errors, key=errors.get) == "upright" and errors["upright"] < 8, errors
+        assert second_shown(f.image) == second
+
+
+def test_extract_frames_writes_upright_images(tmp_path):
+    upright = [picture(s) for s in range(2)]
+    path = write_video(tmp_path / "phone.mov", [stored_for(u, -90, False, False)
+                                                for u in upright],
+                       rate=RATE, options=X264_GOP48, display=(-90, False, False))
+    summary = extract_frames([path], tmp_path / "out", fps=1, image_format="png",
+                             progress=False)
+    assert summary.ok and summary.frames_written == 2
+    for second in range(2):
+        with Image.open(tmp_path / "out" / f"phone-sec-{RATE * second}.png") as im:
+            assert im.size == (W, H)
+            errors = orientation_errors(im.convert("RGB"), upright[second])
+            assert min(errors, key=errors.get) == "upright", errors
+
+
+def test_apply_display_matrix_without_a_turn_and_at_an_odd_angle():
+    im = Image.fromarray(picture(1))
+    one = 1 << 16  # 16.16 fixed point
+    identity = (one, 0, 0, 0, one, 0, 0, 0, 1 << 30)
+    assert apply_display_matrix(im, None) is im
+    assert apply_display_matrix(im, identity) is im
+    # 30 degrees: not a multiple of 90, turned like ffmpeg's rotate filter (same size).
+    c, s = round(one * np.cos(np.pi / 6)), round(one * np.sin(np.pi / 6))
+    turned = apply_display_matrix(im, (c, -s, 0, s, c, 0, 0, 0, 1 << 30))
+    assert turned.size == im.size and turned.tobytes() != im.tobytes()
 
 
 def test_probe_reports_duration_and_rate(videos):
