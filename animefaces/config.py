@@ -22,7 +22,8 @@ _SCHEMA = {
     "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "grid"},
     "output": {"reports_dir", "models_dir"},
     "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target",
-              "ood", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text"},
+              "ood", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text",
+              "ood_weak_quantile"},
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")
 _GRID_KEYS = {"kernel", "C", "gamma", "degree", "coef0"}
@@ -60,6 +61,7 @@ class SweepConfig:
     ood_flat: float = 2.0
     ood_noise: float = 0.3
     ood_text: bool = True
+    ood_weak_quantile: float = 0.1
     source: str = ""
     raw: dict = field(default_factory=dict)
 
@@ -212,6 +214,7 @@ def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
         choice("trust.abstain", a, ("auto", "off"))
     boolean("ood", cfg.ood)
     boolean("ood_text", cfg.ood_text)
+    number("ood_weak_quantile", cfg.ood_weak_quantile, 0.0, 0.5)
     number("ood_k", cfg.ood_k, 1, 100, integer=True)
     number("ood_quantile", cfg.ood_quantile, 0.5, 1.0)
     number("ood_min_side", cfg.ood_min_side, 0, 10000, integer=True)

@@ -350,10 +350,11 @@ def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFea
         groups = np.array([r.group or "" for r in feats.records], dtype=object)
         guard = OODGuard(min_side=cfg.ood_min_side, flat_resid=cfg.ood_flat,
                          noise_autocorr=cfg.ood_noise, k=cfg.ood_k, quantile=cfg.ood_quantile,
-                         text=cfg.ood_text)
+                         text=cfg.ood_text, weak_quantile=cfg.ood_weak_quantile)
         tr, va = split_of == "train", split_of == "val"
         guard.fit(feats.X[tr], groups_train=groups[tr], gray_train=is_gray(stats[tr]),
-                  X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]))
+                  X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]),
+                  stats_train=stats[tr], stats_val=stats[va])
         ood_flag, ood_reason, ood_dist = guard.flags(feats.X, stats)
         extras["ood"] = guard.to_dict()
         trust["ood"] = dict(guard.describe(),
