@@ -176,6 +176,12 @@ def trust_markdown(results: dict) -> list[str]:
                 f"- feature distance thresholds: colour {thr.get('colour', float('nan')):.3f}, "
                 f"grayscale {thr.get('gray', float('nan')):.3f} ({ood['info'].get('reference')}, "
                 f"quantile {ood['quantile']}, k = {ood['k']})",
+                *([f"- weak threshold {thr['weak']:.3f} (quantile {ood.get('weak_quantile')}), used with "
+                   f"the soft-grayscale and palette-graphic statistics; their rates on the reference "
+                   f"images: " + ", ".join(f"{k} {v:.2%}" for k, v in ood.get("weak_rates", {}).items())
+                   + (f"; turned off (over {ood.get('max_weak_rate', 0.02):.0%}): "
+                      + ", ".join(ood["weak_off"]) if ood.get("weak_off") else "")]
+                  if "weak" in thr else []),
                 "- flags on the data, all of which are anime images (false flags):", "",
                 "| split | flagged | rate | by reason |", "|---|---|---|---|"]
         for s, v in ood["false_flags"].items():
