@@ -33,7 +33,7 @@ Two kinds of evidence, each with a reason a person can read:
              pixels: masks, patterns, charts and diagrams (filmed or drawn frames spread over
              hundreds of colours).
   On the shared set, the anime images that pass either statistic are plain 64 px patches, all
-  close to training images (distance <= 0.72, weak threshold 0.80); among anime images above the
+  close to training images (distance <= 0.75, weak threshold 0.80); among anime images above the
   weak threshold the largest palette share is 0.82 and the fewest sharp-edge pixels of a
   grayscale one is 5.2% (a thin margin, written down in docs/trust.md).
 

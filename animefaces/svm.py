@@ -218,17 +218,49 @@ def degenerate_flags(result: FitResult, y: dict[str, np.ndarray], *, one_class: 
 
 def platt_fit(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """Sigmoid ``P = 1 / (1 + exp(a*s + b))`` fitted to decision scores (Platt 1999, with his
-    target smoothing) by logistic regression. Returns (a, b)."""
-    from sklearn.linear_model import LogisticRegression
+    target smoothing). Returns (a, b).
 
+    Newton's method with backtracking on the two parameters, as in Lin, Lin & Weng (2007), "A
+    note on Platt's probabilistic outputs for support vector machines" (the algorithm libsvm
+    uses): a few milliseconds, where a general L-BFGS logistic regression took ~0.1 s per fit
+    (the sweep fits dozens: one per kernel row plus the cross-validated calibration folds).
+    """
+    f = np.asarray(scores, np.float64).ravel()
+    y = np.asarray(y).ravel()
     n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
     t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
-    # Fit with soft targets: duplicate each sample with weights t and 1 - t.
-    s = np.concatenate([scores, scores]).reshape(-1, 1)
-    lab = np.concatenate([np.ones_like(y), np.zeros_like(y)])
-    w = np.concatenate([t, 1 - t])
-    lr = LogisticRegression(C=1e6, max_iter=1000).fit(s, lab, sample_weight=w)
-    return float(-lr.coef_[0, 0]), float(-lr.intercept_[0])
+    a, b = 0.0, float(np.log((n_neg + 1) / (n_pos + 1)))
+
+    def nll(a, b):
+        z = a * f + b
+        # sum of t*z + log(1 + exp(-z)), written stably for both signs of z
+        return float(np.sum(np.where(z >= 0, t * z + np.log1p(np.exp(-z)),
+                                     (t - 1) * z + np.log1p(np.exp(z)))))
+
+    val = nll(a, b)
+    for _ in range(100):
+        z = a * f + b
+        p = np.where(z >= 0, np.exp(-z) / (1 + np.exp(-z)), 1 / (1 + np.exp(z)))  # 1 / (1 + e^z)
+        q = 1 - p
+        d1, d2 = t - p, p * q
+        g1, g2 = float(f @ d1), float(d1.sum())
+        if abs(g1) < 1e-5 and abs(g2) < 1e-5:
+            break
+        h11, h22, h21 = float(f * f @ d2) + 1e-12, float(d2.sum()) + 1e-12, float(f @ d2)
+        det = h11 * h22 - h21 * h21
+        da, db = -(h22 * g1 - h21 * g2) / det, -(-h21 * g1 + h11 * g2) / det
+        gd = g1 * da + g2 * db
+        step = 1.0
+        while step >= 1e-10:
+            na, nb = a + step * da, b + step * db
+            nv = nll(na, nb)
+            if nv < val + 1e-4 * step * gd:
+                a, b, val = na, nb, nv
+                break
+            step /= 2
+        else:
+            break  # line search failed: (a, b) is as good as it gets
+    return float(a), float(b)
 
 
 def platt_apply(scores: np.ndarray, ab: tuple[float, float]) -> np.ndarray:

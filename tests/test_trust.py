@@ -35,6 +35,25 @@ def test_ece_and_brier_by_hand():
     assert ece(np.array([0.0, 1.0]), np.array([0, 1])) == 0.0
 
 
+@pytest.mark.parametrize("sd,n", [(3.0, 500), (0.1, 60), (20.0, 300)])
+def test_platt_newton_matches_logistic_regression_with_platt_targets(sd, n):
+    """platt_fit (Newton, Lin et al. 2007) finds the same sigmoid as a general logistic
+    regression on Platt's smoothed targets."""
+    from sklearn.linear_model import LogisticRegression
+
+    from animefaces.svm import platt_fit
+
+    rng = np.random.default_rng(int(sd * 10) + n)
+    s = rng.normal(0, sd, n)
+    y = (rng.random(n) < 1 / (1 + np.exp(-s / 4))).astype(int)
+    n_pos, n_neg = y.sum(), (1 - y).sum()
+    t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
+    lr = LogisticRegression(C=1e8, tol=1e-10, max_iter=10000).fit(
+        np.r_[s, s].reshape(-1, 1), np.r_[np.ones(n), np.zeros(n)], sample_weight=np.r_[t, 1 - t])
+    a, b = platt_fit(s, y)
+    np.testing.assert_allclose([a, b], [-lr.coef_[0, 0], -lr.intercept_[0]], rtol=2e-3, atol=2e-4)
+
+
 @pytest.mark.parametrize("method", ["platt", "isotonic", "auto"])
 def test_calibration_fixes_an_overconfident_score(method):
     rng = np.random.default_rng(0)
