@@ -3,9 +3,18 @@
 One folder per feature fingerprint (backbone, weights sha256, layer, pooling, preprocessing,
 precision, package version), holding ``meta.json`` and shards ``shard-*.npz``. Each shard holds
 ``keys`` (sha256 of each image file's bytes, so a renamed image still hits and an edited one
-misses) and ``features`` ((n, d) float32). Shards are written to a temporary file and moved into
-place with ``os.replace``: an interrupted run (Ctrl-C, kill -9) leaves only whole shards, and the
-next run computes only what they lack.
+misses) and ``features`` ((n, d) float32), as written by ``np.savez`` (uncompressed zip of two
+``.npy`` members). Shards are written to a temporary file and moved into place with
+``os.replace``: an interrupted run (Ctrl-C, kill -9) leaves only whole shards, and the next run
+computes only what they lack.
+
+Memory: a cache on disk keeps only its index (key -> shard, row) in memory. Opening it reads each
+shard's keys and checks its features (header, size, CRC) 256 KiB at a time without keeping them;
+:meth:`FeatureCache.get` fills a preallocated result, reading one shard at a time;
+:meth:`FeatureCache.flush` streams the queued rows into the new shard and forgets them;
+:meth:`FeatureCache.compact` copies shard by shard. So the peak is the result plus about one shard,
+however many shards there are. An in-memory cache (``root=None``) keeps its rows in memory: there
+is nowhere else for them.
 """
 
 from __future__ import annotations
@@ -13,9 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 import time
 import uuid
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -23,16 +35,18 @@ import numpy as np
 from .errors import AnimeFacesError
 
 SHARD_GLOB = "shard-*.npz"
+_FEATURE_DTYPE = np.dtype("<f4")
+_KEY_DTYPE = np.dtype("S64")
 
 
-def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+def _atomic_write_with(path: os.PathLike, write) -> None:
+    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, ``os.replace`` it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +56,11 @@ def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
         except FileNotFoundError:
             pass
         raise
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    _atomic_write_with(path, lambda f: f.write(data))
 
 
 def atomic_write_json(path: os.PathLike, obj) -> None:
@@ -55,11 +74,120 @@ def file_sha256(path: os.PathLike) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+# -- shard files ---------------------------------------------------------------------------------
+def _write_shard(path: Path, keys: np.ndarray, d: int, chunks) -> int:
+    """Write a shard atomically: ``keys`` (n,) S64 and the rows of ``chunks`` (an iterable of
+    (m, d) float32 arrays, n rows in all) as ``features``, streamed into the zip one chunk at a
+    time. The file is what ``np.savez(path, keys=keys, features=np.concatenate(chunks))`` writes,
+    without ever holding that concatenation. Returns the byte offset of the rows in the file."""
+    n = len(keys)
+    offset = None
+
+    def write(f):
+        nonlocal offset
+        with zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as zf:
+            with zf.open("keys.npy", "w", force_zip64=True) as fid:
+                np.lib.format.write_array(fid, keys, allow_pickle=False)
+            with zf.open("features.npy", "w", force_zip64=True) as fid:
+                np.lib.format.write_array_header_1_0(
+                    fid, {"descr": np.lib.format.dtype_to_descr(_FEATURE_DTYPE),
+                          "fortran_order": False, "shape": (n, d)})
+                offset = f.tell()  # stored, not compressed: the rows go straight to f
+                written = 0
+                for c in chunks:
+                    c = np.ascontiguousarray(c, dtype=_FEATURE_DTYPE)
+                    if c.ndim != 2 or c.shape[1] != d:
+                        raise ValueError(f"feature rows of shape {c.shape}, expected (m, {d})")
+                    fid.write(memoryview(c).cast("B"))
+                    written += len(c)
+                if written != n:
+                    raise ValueError(f"{written} feature rows for {n} keys")
+
+    _atomic_write_with(path, write)
+    return offset
+
+
+def _read_npy_header(fp):
+    version = np.lib.format.read_magic(fp)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(fp)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(fp)
+    raise ValueError(f"unsupported .npy version {version}")
+
+
+def _scan_shard(path: Path) -> tuple[list[str], int, int | None]:
+    """A shard's keys, feature width and the byte offset of its feature rows in the file (None
+    if the member is compressed), keeping no feature rows in memory. Raises on anything
+    malformed: not a zip, a member missing or of the wrong size (truncated), a CRC mismatch, a
+    shape or dtype that does not match."""
+    with zipfile.ZipFile(path) as zf:
+        with zf.open("keys.npy") as fp:
+            keys = np.lib.format.read_array(fp, allow_pickle=False)
+        info = zf.getinfo("features.npy")
+        with zf.open(info) as fp:
+            shape, fortran, dtype = _read_npy_header(fp)
+            header_len = fp.tell()
+            # Read (and drop) the rows, 256 KiB at a time: zipfile checks the CRC at the end, so a
+            # damaged shard is found here and recomputed, not when its rows are wanted.
+            while fp.read(1 << 18):
+                pass
+    if keys.ndim != 1 or len(shape) != 2 or shape[0] != len(keys) or fortran:
+        raise ValueError(f"shard {path.name}: keys {keys.shape} vs features {shape}")
+    if np.dtype(dtype) != _FEATURE_DTYPE:
+        raise ValueError(f"shard {path.name}: features are {dtype}, not float32")
+    if info.file_size != header_len + shape[0] * shape[1] * _FEATURE_DTYPE.itemsize:
+        raise ValueError(f"shard {path.name}: features member has the wrong size")
+    offset = None
+    if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
+        # np.savez stores members uncompressed: the rows lie as they are in the file, after the
+        # member's local header (whose name and extra fields may differ from the central one's).
+        with open(path, "rb") as f:
+            f.seek(info.header_offset)
+            local = f.read(zipfile.sizeFileHeader)
+        fields = struct.unpack(zipfile.structFileHeader, local)
+        if fields[0] != zipfile.stringFileHeader:
+            raise ValueError(f"shard {path.name}: bad local header")
+        offset = (info.header_offset + zipfile.sizeFileHeader + fields[10] + fields[11]
+                  + header_len)
+    keys = [k.decode() if isinstance(k, bytes) else str(k) for k in keys.tolist()]
+    return keys, int(shape[1]), offset
+
+
+def _read_shard_features(path: Path, n: int, d: int, offset: int | None) -> np.ndarray:
+    """All (n, d) feature rows of one shard: read straight into the array from ``offset``, or
+    through zipfile for a compressed member."""
+    if offset is not None:
+        feats = np.fromfile(path, dtype=_FEATURE_DTYPE, count=n * d, offset=offset)
+        if feats.size != n * d:
+            raise ValueError(f"{feats.size} values where {n * d} were expected (truncated)")
+        return feats.reshape(n, d)
+    with zipfile.ZipFile(path) as zf, zf.open("features.npy") as fp:
+        feats = np.lib.format.read_array(fp, allow_pickle=False)
+    if feats.dtype != _FEATURE_DTYPE or feats.shape != (n, d):
+        raise ValueError(f"features {feats.dtype} {feats.shape}, expected float32 {(n, d)}")
+    return feats
+
+
+class _ShardGone(Exception):
+    """A shard file vanished after the cache was opened (another process compacted it)."""
+
+
+@dataclass
+class _Shard:
+    path: Path | None       # None: rows live in ``rows`` (an in-memory cache)
+    n: int
+    d: int
+    offset: int | None = None  # where the rows start in the file (stored, not compressed)
+    rows: np.ndarray | None = None
+
+
 class FeatureCache:
     """Features of one fingerprint, keyed by image content hash.
 
     Args:
-        root: the cache folder (``features/`` by default).
+        root: the cache folder (``features/`` by default); ``None``: an in-memory store (for
+            predictions that should leave nothing on disk).
         fingerprint: hex digest identifying how features were made.
         meta: JSON-able description written to ``meta.json`` (backbone, weights, versions...).
         name: human-readable prefix of the folder name.
@@ -67,13 +195,12 @@ class FeatureCache:
 
     def __init__(self, root: os.PathLike | None, fingerprint: str, *, meta: dict,
                  name: str = "features"):
-        # root=None: an in-memory store (for predictions that should leave nothing on disk).
         self.root = Path(root) if root is not None else None
         self.fingerprint = fingerprint
         self.dir = self.root / f"{name}-{fingerprint[:12]}" if self.root is not None else None
         self.meta = dict(meta, fingerprint=fingerprint)
         self._index: dict[str, tuple[int, int]] | None = None
-        self._arrays: list[np.ndarray] = []
+        self._shards: list[_Shard] = []
         self._pending_keys: list[str] = []
         self._pending_feats: list[np.ndarray] = []
 
@@ -81,7 +208,7 @@ class FeatureCache:
     def _load(self) -> None:
         if self._index is not None:
             return
-        self._index, self._arrays = {}, []
+        self._index, self._shards = {}, []
         if self.dir is None:
             return
         meta_path = self.dir / "meta.json"
@@ -96,16 +223,40 @@ class FeatureCache:
                     f", not {self.fingerprint}; delete the folder or choose another --cache")
         for shard in sorted(self.dir.glob(SHARD_GLOB)):
             try:
-                with np.load(shard, allow_pickle=False) as z:
-                    keys, feats = z["keys"], z["features"]
+                keys, d, offset = _scan_shard(shard)
             except Exception:  # noqa: BLE001 - a damaged shard only costs its recomputation
-                bad = shard.with_suffix(".corrupt")
-                os.replace(shard, bad)
+                self._set_aside(shard)
                 continue
-            a = len(self._arrays)
-            self._arrays.append(feats)
-            for i, k in enumerate(keys.tolist()):
-                self._index[k.decode() if isinstance(k, bytes) else k] = (a, i)
+            self._add_shard(_Shard(shard, len(keys), d, offset), keys)
+
+    def _add_shard(self, shard: _Shard, keys) -> None:
+        a = len(self._shards)
+        self._shards.append(shard)
+        for i, k in enumerate(keys):
+            self._index[k] = (a, i)
+
+    @staticmethod
+    def _set_aside(shard: Path) -> None:
+        try:
+            os.replace(shard, shard.with_suffix(".corrupt"))
+        except FileNotFoundError:
+            pass
+
+    def _rows_of(self, a: int) -> np.ndarray:
+        shard = self._shards[a]
+        if shard.rows is not None:
+            return shard.rows
+        try:
+            return _read_shard_features(shard.path, shard.n, shard.d, shard.offset)
+        except FileNotFoundError:
+            raise _ShardGone(shard.path) from None
+        except Exception as exc:  # noqa: BLE001
+            # Damaged since it was opened (opening checked it whole).
+            self._set_aside(shard.path)
+            self._index = None
+            raise AnimeFacesError(
+                f"feature cache shard {shard.path} is damaged ({exc}); it was moved aside "
+                f"(.corrupt): run again to recompute its features") from exc
 
     def __len__(self) -> int:
         self._load()
@@ -126,19 +277,41 @@ class FeatureCache:
         return out
 
     def get(self, keys) -> np.ndarray:
-        """Features for ``keys`` as (len(keys), d) float32; every key must be present."""
-        self._load()
+        """Features for ``keys`` as (len(keys), d) float32; every key must be present.
+
+        The result is allocated once and filled one shard at a time: besides it, at most one
+        shard's rows are in memory."""
         keys = list(keys)
+        try:
+            return self._get(keys)
+        except _ShardGone:
+            # Another process compacted the shards since we opened them: its merged shard was
+            # written before the old ones were removed, so reading the folder again finds them.
+            self._index = None
+            return self._get(keys)
+
+    def _get(self, keys: list) -> np.ndarray:
+        self._load()
         lost = [k for k in keys if k not in self._index]
         if lost:
             raise KeyError(f"{len(lost)} feature(s) not in cache {self.dir}")
         if not keys:
             d = int(self.meta.get("feature_dim", 0))
             return np.zeros((0, d), np.float32)
-        out = np.empty((len(keys), self._arrays[0].shape[1]), np.float32)
-        for row, k in enumerate(keys):
-            a, i = self._index[k]
-            out[row] = self._arrays[a][i]
+        where = np.array([self._index[k] for k in keys], dtype=np.int64)  # (len(keys), 2)
+        used = np.unique(where[:, 0])
+        dims = {self._shards[a].d for a in used.tolist()}
+        if len(dims) != 1:
+            raise AnimeFacesError(f"feature cache {self.dir} mixes feature widths {sorted(dims)}; "
+                                  "delete the folder to rebuild it")
+        out = np.empty((len(keys), dims.pop()), np.float32)
+        order = np.argsort(where[:, 0], kind="stable")
+        bounds = np.searchsorted(where[order, 0], used, side="left").tolist() + [len(keys)]
+        for j, a in enumerate(used.tolist()):
+            dst = order[bounds[j]:bounds[j + 1]]
+            rows = self._rows_of(a)
+            out[dst] = rows[where[dst, 1]]
+            del rows
         return out
 
     # -- writing ---------------------------------------------------------------------------
@@ -155,49 +328,62 @@ class FeatureCache:
         return len(self._pending_keys)
 
     def flush(self) -> None:
-        """Write queued features as one new shard, atomically."""
+        """Write queued features as one new shard, atomically, and let go of them."""
         if not self._pending_keys:
             return
         self._load()
+        keys, feats = self._pending_keys, self._pending_feats
+        d = int(feats[0].shape[1]) if feats[0].ndim == 2 else 0
         if self.dir is None:
-            self._remember()
-            return
-        if not (self.dir / "meta.json").is_file():
-            atomic_write_json(self.dir / "meta.json", dict(self.meta, created=time.time()))
-        keys = np.array(self._pending_keys, dtype="S64")
-        feats = np.concatenate(self._pending_feats).astype(np.float32, copy=False)
-        name = f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
-        import io
-
-        buf = io.BytesIO()
-        np.savez(buf, keys=keys, features=feats)
-        atomic_write_bytes(self.dir / name, buf.getvalue())
-        self._remember()
-
-    def _remember(self) -> None:
-        feats = np.concatenate(self._pending_feats).astype(np.float32, copy=False)
-        a = len(self._arrays)
-        self._arrays.append(feats)
-        for i, k in enumerate(self._pending_keys):
-            self._index[k] = (a, i)
+            rows = np.concatenate(feats).astype(np.float32, copy=False)
+            self._add_shard(_Shard(None, len(keys), rows.shape[1], rows=rows), keys)
+        else:
+            if not (self.dir / "meta.json").is_file():
+                atomic_write_json(self.dir / "meta.json", dict(self.meta, created=time.time()))
+            path = self.dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+            offset = _write_shard(path, np.array(keys, dtype=_KEY_DTYPE), d, feats)
+            self._add_shard(_Shard(path, len(keys), d, offset), keys)
         self._pending_keys, self._pending_feats = [], []
 
     def compact(self, *, min_shards: int = 8) -> None:
-        """Merge many small shards into one (faster loading); safe against interruption:
-        the merged shard is written before the old ones are removed, and duplicates are
-        harmless."""
+        """Merge many small shards into one (faster loading), copying one shard at a time;
+        safe against interruption: the merged shard is written before the old ones are removed,
+        and duplicates are harmless."""
         self._load()
         if self.dir is None:
             return
         shards = sorted(self.dir.glob(SHARD_GLOB))
-        if len(shards) < min_shards:
+        if len(shards) < min_shards or not self._index:
             return
-        keys = list(self._index)
-        self._pending_keys, self._pending_feats = keys, [self.get(keys)]
-        self.flush()
-        newest = max(self.dir.glob(SHARD_GLOB))
+        # The live rows of each shard (a key flushed twice lives in the later shard).
+        live: dict[int, tuple[list[str], list[int]]] = {}
+        for k, (a, i) in self._index.items():
+            ks, rows = live.setdefault(a, ([], []))
+            ks.append(k)
+            rows.append(i)
+        order = sorted(live)
+        dims = {self._shards[a].d for a in order}
+        if len(dims) != 1:
+            raise AnimeFacesError(f"feature cache {self.dir} mixes feature widths {sorted(dims)}; "
+                                  "delete the folder to rebuild it")
+        keys = np.array([k for a in order for k in live[a][0]], dtype=_KEY_DTYPE)
+
+        def chunks():
+            for a in order:
+                rows = live[a][1]
+                if rows == list(range(self._shards[a].n)):
+                    yield self._rows_of(a)  # every row, in order: no copy
+                else:
+                    yield self._rows_of(a)[np.asarray(rows, dtype=np.int64)]
+
+        merged = self.dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+        try:
+            _write_shard(merged, keys, dims.pop(), chunks())
+        except _ShardGone:
+            self._index = None  # another process is compacting (or has): leave it to that one
+            return
         for s in shards:
-            if s != newest:
+            if s != merged:
                 s.unlink(missing_ok=True)
         self._index = None
         self._load()
