@@ -5,6 +5,7 @@ This module only orchestrates; extraction, fitting and writing tables live in th
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -165,7 +166,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     fits: list[dict] = []
     bad_files: dict[str, str] = {}
     candidates = []  # (val_acc, order, backbone, FitResult, features)
-    extract_seconds = fit_seconds = 0.0
+    extract_seconds = fit_seconds = calib_seconds = 0.0
     # "available" means found on this machine: discovery does not start downloads (a backbone
     # named explicitly still gets torchvision's download as the last resort).
     discover = backbones is None and cfg.backbones == "available"
@@ -215,9 +216,11 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                 fits[-1]["degenerate"] = flag_details
             if best_rows[r.row] is r:
                 # Calibration of every table row (on val), measured on every split.
+                t0 = time.perf_counter()
                 fits[-1]["calibration"] = summarize(
                     r.decision, y, method=cfg.calibration, folds=cfg.calibration_folds,
                     n_bins=cfg.ece_bins, seed=cfg.seed)[2]
+                calib_seconds += time.perf_counter() - t0
         for row_name, r in best_rows.items():
             candidates.append((name, r, X, y, feats))
 
@@ -229,10 +232,14 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     # config (the default config lists RBF first, then linear, then polynomials by degree).
     best_name, best, X, y, feats = one_se_pick(
         candidates, acc=lambda c: c[1].accuracy[cfg.select_on], n=len(candidates[0][3][cfg.select_on]))
+    t0 = time.perf_counter()
     pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
                      cache_size=cfg.cache_size, seed=cfg.seed)
     platt = platt_fit(pipeline.decision_function(X["val"]), y["val"])
+    refit_seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
     extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, cache_dir, progress)
+    trust_seconds = time.perf_counter() - t0
     run_id = run_dir.name
     model_meta = {
         "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
@@ -265,11 +272,19 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "trust": trust,
         "footnotes": _flag_footnotes(fits),
         "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
+        # fit: the SVM grid; refit: the chosen model on the real kernel + Platt; calibration:
+        # per-row calibration summaries; trust: calibrator, abstain band, OOD guard of the best
+        # model (ood_seconds inside it); report: report.md / .csv / results.json / report.html.
         "timings": {"extract_seconds": round(extract_seconds, 3),
-                    "fit_seconds": round(fit_seconds, 3)},
+                    "fit_seconds": round(fit_seconds, 3),
+                    "refit_seconds": round(refit_seconds, 3),
+                    "calibration_seconds": round(calib_seconds, 3),
+                    "trust_seconds": round(trust_seconds, 3),
+                    "ood_seconds": (trust.get("ood") or {}).get("seconds", 0.0)},
         "versions": dict(_versions(), animefaces=__version__),
     }
-    results_doc["timings"]["total_seconds"] = round(time.perf_counter() - t_start, 3)
+    t0 = time.perf_counter()
+    results_doc["timings"]["total_seconds"] = round(t0 - t_start, 3)  # before the reports
     write_predictions(run_dir / "predictions.csv", per_image, root=_data_root(ds))
     results_doc["predictions"] = {"file": "predictions.csv", "data_root": str(_data_root(ds))}
     write_reports(results_doc, run_dir)
@@ -279,10 +294,26 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         write_html_report(run_dir)
     except ImportError as exc:  # matplotlib is the optional 'report' extra
         _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
+    results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
+    results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
+    _write_timings(run_dir, results_doc["timings"])
     _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
          + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
          + f"; model {model_path}", progress)
     return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
+
+
+def _write_timings(run_dir: Path, timings: dict) -> None:
+    """Add the report-writing times to results.json (written before report.html existed)."""
+    from .cache import atomic_write_json
+
+    path = run_dir / "results.json"
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return
+    doc["timings"] = dict(timings)
+    atomic_write_json(path, doc)
 
 
 def _data_root(ds: Dataset) -> Path:
