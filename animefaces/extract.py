@@ -41,8 +41,32 @@ MAX_CPU_STREAMS = 4
 POOLINGS = ("auto", "max", "avg", "maxavg")
 
 
+class CPUDevice(str):
+    """``"cpu"`` with torch.device's ``type`` / ``index``: what :func:`resolve_device` returns
+    for the CPU when torch is not imported yet, so a sweep whose features are all cached never
+    pays torch's import (2-7 s here). torch accepts it wherever it takes a device string."""
+
+    type = "cpu"
+    index = None
+
+    def __new__(cls):
+        return super().__new__(cls, "cpu")
+
+
+def _gpu_driver_present() -> bool:
+    """True when a GPU driver that torch could use is loaded (NVIDIA or ROCm): only then is
+    importing torch needed to answer ``auto``."""
+    return any(os.path.exists(p) for p in ("/proc/driver/nvidia/version", "/dev/nvidiactl",
+                                           "/dev/nvidia0", "/dev/kfd", "/dev/dxg"))
+
+
 def resolve_device(device: str = "auto"):
     """``auto`` -> CUDA when available, else CPU. Raises ConfigError for an unusable choice."""
+    import sys
+
+    if device in (None, "auto", "cpu") and "torch" not in sys.modules and (
+            device == "cpu" or not _gpu_driver_present()):
+        return CPUDevice()
     import torch
 
     if device in (None, "auto"):
@@ -104,18 +128,35 @@ _CPU_DEFAULTS: dict[str, ExtractSettings] = {
 }
 _CPU_FALLBACK = ExtractSettings("fp32", True, 16, 0)
 
+# CPU defaults where the CPU has bf16 units (AVX512-BF16 or AMX: the project's Zen 4 machine kind
+# in ../shared/notes/cpu-perf.md). Not measured on the project's own (AVX2) machines: taken from
+# those notes, where bf16 autocast + channels_last was the fastest mode for every backbone
+# (1.9-2.8x fp32 NCHW: vgg16 14.3 vs 6.3 img/s, alexnet 315 vs 133, googlenet 98 vs 29,
+# mobilenet_v2 235 vs 113) and batch 64 beat 16 by 1-19%. NNPACK has no bf16 path, so VGG uses
+# oneDNN here. bf16 changes the default backbone's SVM accuracy by at most 0.5 points on the
+# shared data (measured with torch's reference bf16 path, which gives the same numbers slowly;
+# see benchmarks/RESULTS.md and tests/test_perf.py). `animefaces bench` on such a machine shows
+# whether these are still the winners.
+_CPU_BF16_DEFAULTS: dict[str, ExtractSettings] = {
+    name: ExtractSettings("bf16", True, 64, 0)
+    for name in ("mobilenet_v2", "alexnet", "vgg16", "vgg19", "vggface", "googlenet", "inception_v3")
+}
+
 
 def default_settings(spec: BackboneSpec, device) -> ExtractSettings:
     """Per-backbone defaults for ``device``.
 
     CPU: the measured winners in ``_CPU_DEFAULTS`` (fp32, channels_last, batch 16-32, decode in
-    threads of this process); backbones registered later get ``_CPU_FALLBACK``. CUDA (not
+    threads of this process); backbones registered later get ``_CPU_FALLBACK``. CPUs with bf16
+    units get ``_CPU_BF16_DEFAULTS`` (bf16 autocast + channels_last, batch 64) for the CNNs. CUDA (not
     measured on the project's machines): fp16 autocast, channels_last, batch 128, DataLoader
     decode workers (one per core, at most 8) so the GPU never waits for Pillow.
     """
     if device.type == "cuda":
         return ExtractSettings(precision="fp16", channels_last=True, batch_size=128,
                                num_workers=min(8, usable_cpus()))
+    if _cpu_has_bf16() and spec.name in _CPU_BF16_DEFAULTS:
+        return _CPU_BF16_DEFAULTS[spec.name]
     return _CPU_DEFAULTS.get(spec.name, _CPU_FALLBACK)
 
 
@@ -289,14 +330,14 @@ class FeatureExtractor:
 
     def describe(self) -> dict:
         """Metadata for caches, models and reports."""
-        import torch
+        from .svm import torch_version
 
         return dict(self.fingerprint_fields(), fingerprint=self.fingerprint,
                     feature_dim=self.feature_dim, weights_source=self.weights.source,
                     weights_path=str(self.weights.path) if self.weights.path else None,
                     random_weights=self.weights.is_random, device=str(self.device),
                     batch_size=self.settings.batch_size, channels_last=self.settings.channels_last,
-                    torch_version=torch.__version__)
+                    torch_version=torch_version())
 
     # -- model -------------------------------------------------------------------------------
     @property

@@ -303,6 +303,19 @@ class TrainedModel:
         return platt_apply(decision, self.platt)
 
 
+def torch_version() -> str | None:
+    """torch's installed version from its package metadata, without importing it (the import
+    costs seconds); the same string whether or not torch is imported."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        mod = sys.modules.get("torch")
+        return getattr(mod, "__version__", None)
+
+
 def _versions() -> dict:
     import platform
 
@@ -313,12 +326,7 @@ def _versions() -> dict:
 
     out = {"animefaces": __version__, "scikit-learn": sklearn.__version__, "joblib": joblib.__version__,
            "numpy": np.__version__, "python": platform.python_version()}
-    try:
-        import torch
-
-        out["torch"] = torch.__version__
-    except ImportError:
-        pass
+    out["torch"] = torch_version()
     return out
 
 

@@ -63,6 +63,25 @@ def test_bf16_is_never_chosen_without_bf16_units(monkeypatch):
     assert fx.settings.precision == "fp32"
 
 
+def test_cpus_with_bf16_units_default_to_bf16_channels_last(monkeypatch):
+    """On a CPU with bf16 units (the notes' Zen 4) the CNNs run bf16 autocast + channels_last at
+    batch 64 (VGG leaves NNPACK, which has no bf16 path); an explicit fp32 still wins."""
+    from animefaces import extract
+
+    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: True)
+    for name in ("vgg16", "mobilenet_v2"):
+        fx = FeatureExtractor(name, weights="random", device="cpu")
+        assert fx.settings == ExtractSettings("bf16", True, 64, 0, "onednn"), (name, fx.settings)
+    assert FeatureExtractor("vgg16", weights="random", device="cpu",
+                            precision="fp32").settings.precision == "fp32"
+    # Features of another precision are another cache entry.
+    a = FeatureExtractor("tiny", weights="random", device="cpu", precision="bf16")
+    b = FeatureExtractor("tiny", weights="random", device="cpu", precision="fp32")
+    assert a.fingerprint != b.fingerprint
+    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: False)
+    assert FeatureExtractor("vgg16", weights="random", device="cpu").settings.precision == "fp32"
+
+
 @pytest.mark.parametrize("backbone", [
     "tiny",
     # ~20 s on torch's reference bf16 path where the CPU has no bf16 units

@@ -56,6 +56,27 @@ def test_second_sweep_does_no_forward_pass(swept, monkeypatch):
     assert res2.results["backbones"]["tiny"]["computed"] == 0
 
 
+def test_cached_sweep_does_not_import_torch(swept):
+    """With every feature cached, a sweep in a new process never imports torch (its import
+    costs 2-7 s, more than the SVM grid of a small set); the tiny backbone's random weights
+    are the only thing that would need it, and they come from the cache's fingerprint."""
+    import subprocess
+    import sys
+
+    tmp_path, data, cfg, _ = swept
+    code = ("import sys\n"
+            "from animefaces.sweep import run_sweep\n"
+            f"res = run_sweep({str(data)!r}, config={str(cfg)!r}, weights='random', device='auto', progress=False)\n"
+            "assert res.results['backbones']['tiny']['computed'] == 0\n"
+            "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    from animefaces.extract import _gpu_driver_present
+
+    expected = "torch imported" if _gpu_driver_present() else "no torch"
+    assert out.stdout.strip().splitlines()[-1] == expected, out.stdout
+
+
 def test_renamed_image_hits_cache_and_changed_image_misses(tmp_path, tiny_dataset):
     cache = tmp_path / "feat"
     first = extract_dataset(tiny_dataset, backbone="tiny", weights="random", cache_dir=cache, progress=False)
