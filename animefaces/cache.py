@@ -39,12 +39,27 @@ _FEATURE_DTYPE = np.dtype("<f4")
 _KEY_DTYPE = np.dtype("S64")
 
 
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, for every
+    thread); 0o022 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
 def _atomic_write_with(path: os.PathLike, write) -> None:
-    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, ``os.replace`` it."""
+    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, ``os.replace`` it. The
+    file gets the permissions a plain ``open(path, "w")`` would (mkstemp's are 0600)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()

@@ -352,6 +352,22 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
     atomic_write_bytes(model_file, buf.getvalue())
     meta = dict(model.meta, format=MODEL_FORMAT, versions=_versions(),
                 model_file=model_file.name, model_sha256=sha256_file(model_file))
+    meta.pop("arrays", None)
+    # The same model without pickle (see animefaces.safemodel), preferred by load_model.
+    from .safemodel import npz_bytes, split_extras, to_arrays
+
+    packed = to_arrays(model.pipeline)
+    extras_json, extra_arrays = split_extras(model.extras)
+    try:
+        json.dumps(extras_json, allow_nan=True)
+    except (TypeError, ValueError):
+        packed = None  # extras that JSON cannot hold: joblib only
+    if packed is not None:
+        info, arrays = packed
+        arrays_file = path.with_suffix(".npz")
+        atomic_write_bytes(arrays_file, npz_bytes(dict(arrays, **extra_arrays)))
+        meta["arrays"] = dict(info, file=arrays_file.name, sha256=sha256_file(arrays_file),
+                              platt=list(model.platt), extras=extras_json)
     atomic_write_json(path.with_suffix(".json"), meta)
     model.meta = meta
     return model_file
@@ -370,16 +386,21 @@ def resolve_model_path(path: os.PathLike | str) -> Path:
                           f"as written by `animefaces sweep` into models/")
 
 
-def load_model(path: os.PathLike | str, *, trust: bool = True) -> TrainedModel:
+def load_model(path: os.PathLike | str, *, trust: bool = True,
+               allow_pickle: bool | None = None) -> TrainedModel:
     """Load a model saved by :func:`save_model`, checking its sha256 against the JSON.
 
-    Model files are pickles (joblib): loading one can run code. Load only files you trust.
+    Models are saved twice: ``PATH.npz`` + ``PATH.json`` (plain arrays and JSON, loaded without
+    pickle; see :mod:`animefaces.safemodel`) and ``PATH.joblib`` (a pickle: loading one can run
+    code). The pickle-free copy is used whenever it is there.
+
+    Args:
+        allow_pickle: None (default): the .npz copy when present, else the joblib pickle.
+            False: never unpickle (raise if there is no .npz copy). True: always the joblib file.
 
     Raises:
         AnimeFacesError / ModelMismatchError: missing files, a changed model file, a wrong format.
     """
-    import joblib
-
     from .weights import sha256_file
 
     model_file = resolve_model_path(path)
@@ -391,6 +412,14 @@ def load_model(path: os.PathLike | str, *, trust: bool = True) -> TrainedModel:
         meta = json.loads(meta_file.read_text())
     except json.JSONDecodeError as exc:
         raise AnimeFacesError(f"model metadata {meta_file} is not valid JSON ({exc})") from None
+    arrays_info = meta.get("arrays")
+    if arrays_info and allow_pickle is not True:
+        return _load_arrays(model_file.with_name(arrays_info["file"]), meta)
+    if allow_pickle is False:
+        raise AnimeFacesError(f"model {model_file} has no pickle-free copy (.npz); it was saved by an "
+                              f"older animefaces: load it with allow_pickle=True if you trust it, "
+                              f"or retrain with `animefaces sweep`")
+    import joblib
     digest = sha256_file(model_file)
     if meta.get("model_sha256") != digest:
         raise ModelMismatchError(f"model file {model_file} has sha256 {digest[:16]}..., but "
@@ -404,3 +433,27 @@ def load_model(path: os.PathLike | str, *, trust: bool = True) -> TrainedModel:
         raise AnimeFacesError(f"{model_file} is not an animefaces model ({MODEL_FORMAT})")
     return TrainedModel(pipeline=blob["pipeline"], platt=tuple(blob["platt"]), meta=meta,
                         extras=blob.get("extras", {}))
+
+
+def _load_arrays(arrays_file: Path, meta: dict) -> TrainedModel:
+    """The pickle-free copy: arrays from ``.npz`` (allow_pickle=False) and the JSON."""
+    from .safemodel import from_arrays, join_extras
+    from .weights import sha256_file
+
+    info = meta["arrays"]
+    if not arrays_file.is_file():
+        raise AnimeFacesError(f"model arrays {arrays_file} are missing (named in the model's JSON); "
+                              f"restore the file or retrain with `animefaces sweep`")
+    digest = sha256_file(arrays_file)
+    if info.get("sha256") != digest:
+        raise ModelMismatchError(f"model file {arrays_file} has sha256 {digest[:16]}..., but the "
+                                 f"model's JSON says {str(info.get('sha256'))[:16]}...: the file "
+                                 f"was changed or damaged; retrain or restore it")
+    try:
+        with np.load(arrays_file, allow_pickle=False) as z:
+            arrays = {k: z[k] for k in z.files}
+        svm = from_arrays(info, arrays)
+    except (OSError, ValueError, KeyError) as exc:
+        raise AnimeFacesError(f"cannot load model arrays {arrays_file}: {exc}") from None
+    return TrainedModel(pipeline=svm, platt=tuple(info["platt"]), meta=meta,
+                        extras=join_extras(info.get("extras") or {}, arrays))

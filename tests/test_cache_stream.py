@@ -195,3 +195,16 @@ def test_in_memory_cache_still_works():
     keys = [k for s in range(3) for k in _keys(s)]
     assert np.array_equal(cache.get(keys[::-1]),
                           np.concatenate([_rows(s) for s in range(3)])[::-1])
+
+
+def test_atomic_writes_get_the_usual_permissions(tmp_path):
+    """Models, reports and caches are readable by whoever could read a normally written file
+    (mkstemp alone would leave them 0600)."""
+    import os
+    import stat
+
+    from animefaces.cache import _umask, atomic_write_bytes
+
+    atomic_write_bytes(tmp_path / "x.json", b"{}")
+    mode = stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode)
+    assert mode == 0o666 & ~_umask(), oct(mode)
