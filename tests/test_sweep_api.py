@@ -139,7 +139,15 @@ def test_tampered_or_mismatched_model_is_refused(swept):
     meta_path.write_text(json.dumps(meta))
     with pytest.raises(ModelMismatchError, match="preprocessing"):
         animefaces.FaceClassifier.load(res.best_model)
+    # Both model files are checked against their sha256 in the JSON: the .npz that loading
+    # uses, and the .joblib when it is asked for.
+    from animefaces.svm import load_model
+
     with open(res.best_model, "ab") as f:
+        f.write(b"x")
+    with pytest.raises(ModelMismatchError, match="changed or damaged"):
+        load_model(res.best_model, allow_pickle=True)
+    with open(res.best_model.with_suffix(".npz"), "ab") as f:
         f.write(b"x")
     with pytest.raises(ModelMismatchError, match="changed or damaged"):
         animefaces.FaceClassifier.load(res.best_model)
