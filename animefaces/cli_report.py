@@ -39,17 +39,17 @@ def cmd_trust_check(args) -> int:
     total_n = total_c = 0
     print(f"{'kind':<22}{'caught':>8}{'n':>5}{'rate':>8}  missed")
     # The probe set: everything but the extra LFW faces and the held-out images.
-    extra = ("lfw-face-upscaled",)
+    extra = [kind for kind in res["kinds"] if kind == "lfw-face-upscaled" or kind.startswith("held-out")]
     for kind, k in res["kinds"].items():
-        if kind in extra or kind.startswith("held-out"):
+        if kind in extra:
             continue
         total_n += k["n"]
         total_c += k["caught"]
         print(f"{kind:<22}{k['caught']:>8}{k['n']:>5}{k['rate']:>8.2f}  {', '.join(k['missed'])}")
     print(f"{'all of the above':<22}{total_c:>8}{total_n:>5}{total_c / max(1, total_n):>8.2f}")
-    for kind, k in res["kinds"].items():
-        if kind in extra or kind.startswith("held-out"):
-            print(f"{kind:<22}{k['caught']:>8}{k['n']:>5}{k['rate']:>8.2f}  {', '.join(k['missed'])}")
+    for kind in extra:
+        k = res["kinds"][kind]
+        print(f"{kind:<22}{k['caught']:>8}{k['n']:>5}{k['rate']:>8.2f}  {', '.join(k['missed'])}")
     return 0
 
 

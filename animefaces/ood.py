@@ -320,16 +320,14 @@ class OODGuard:
         # The two-evidence tests must stay rare on the reference images themselves (a training set
         # of flat-colour cartoons or grayscale photos would otherwise be flagged): measured here
         # when the statistics are given, and a test whose rate exceeds max_weak_rate is turned off.
-        self.weak_rates = {}
+        self.weak_rates, self.weak_off = {}, []
         if stats_train is not None:
             S = np.atleast_2d(np.asarray(stats_train, np.float64))
             if X_val is not None and stats_val is not None:
                 S = np.concatenate([S, np.atleast_2d(np.asarray(stats_val, np.float64))])
             if len(S) == len(d) and S.shape[1] >= 11:
                 far = d > self.thresholds["weak"]
-                rates = {"soft grayscale": far & (S[:, 3] < self.gray_chroma) & (S[:, 9] < self.soft_edge),
-                         "palette graphic": far & (S[:, 10] >= self.palette_cover)}
-                self.weak_rates = {k: float(np.mean(v)) for k, v in rates.items()}
+                self.weak_rates = {k: float(np.mean(far & hit)) for k, hit in self._weak_hits(S).items()}
                 self.weak_off = sorted(k for k, r in self.weak_rates.items() if r > self.max_weak_rate)
         self.info = {"reference": how, "n_reference": int(len(d)), "n_gray_reference": n_gray,
                      "k": self.k, "quantile": self.quantile,
@@ -338,6 +336,13 @@ class OODGuard:
         return self
 
     # -- decisions --------------------------------------------------------------------------------
+    def _weak_hits(self, S) -> dict[str, np.ndarray]:
+        """Which rows of (n, >= 11) statistics pass each two-evidence test's image statistic
+        (the feature-distance half is checked by the caller)."""
+        S = np.atleast_2d(S)
+        return {"soft grayscale": (S[:, 3] < self.gray_chroma) & (S[:, 9] < self.soft_edge),
+                "palette graphic": S[:, 10] >= self.palette_cover}
+
     def flags(self, X, stats) -> tuple[np.ndarray, list[str | None], np.ndarray]:
         """Decide for each image.
 
@@ -379,11 +384,12 @@ class OODGuard:
             weak = self.thresholds.get("weak")
             if weak is not None and len(s) >= 11 and d > weak:
                 edge, palette = s[9], s[10]
-                if gray and edge < self.soft_edge and "soft grayscale" not in self.weak_off:
+                hits = {k: bool(v[0]) and k not in self.weak_off for k, v in self._weak_hits(s).items()}
+                if hits["soft grayscale"]:
                     return (f"soft grayscale: no ink lines ({edge:.1%} sharp-edge pixels < "
                             f"{self.soft_edge:.0%}) and feature distance {d:.3f} > {weak:.3f}: "
                             f"a photograph or scan rather than a drawing")
-                if palette >= self.palette_cover and "palette graphic" not in self.weak_off:
+                if hits["palette graphic"]:
                     return (f"palette graphic: 8 exact colours cover {palette:.1%} of the pixels "
                             f"(drawn or filmed frames have hundreds) and feature distance {d:.3f} "
                             f"> {weak:.3f}: a mask, pattern, chart or diagram")

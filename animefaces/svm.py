@@ -401,8 +401,6 @@ def load_model(path: os.PathLike | str, *, trust: bool = True,
     Raises:
         AnimeFacesError / ModelMismatchError: missing files, a changed model file, a wrong format.
     """
-    from .weights import sha256_file
-
     model_file = resolve_model_path(path)
     meta_file = model_file.with_suffix(".json")
     if not meta_file.is_file():
@@ -420,11 +418,8 @@ def load_model(path: os.PathLike | str, *, trust: bool = True,
                               f"older animefaces: load it with allow_pickle=True if you trust it, "
                               f"or retrain with `animefaces sweep`")
     import joblib
-    digest = sha256_file(model_file)
-    if meta.get("model_sha256") != digest:
-        raise ModelMismatchError(f"model file {model_file} has sha256 {digest[:16]}..., but "
-                                 f"{meta_file.name} says {str(meta.get('model_sha256'))[:16]}...: "
-                                 f"the file was changed or damaged; retrain or restore it")
+
+    _check_sha256(model_file, meta.get("model_sha256"), meta_file.name)
     try:
         blob = joblib.load(model_file)
     except Exception as exc:  # noqa: BLE001 - corrupt pickles raise anything
@@ -435,20 +430,26 @@ def load_model(path: os.PathLike | str, *, trust: bool = True,
                         extras=blob.get("extras", {}))
 
 
+def _check_sha256(model_file: Path, expected, meta_name: str) -> None:
+    """ModelMismatchError unless ``model_file`` hashes to what its JSON (``meta_name``) says."""
+    from .weights import sha256_file
+
+    digest = sha256_file(model_file)
+    if expected != digest:
+        raise ModelMismatchError(f"model file {model_file} has sha256 {digest[:16]}..., but "
+                                 f"{meta_name} says {str(expected)[:16]}...: "
+                                 f"the file was changed or damaged; retrain or restore it")
+
+
 def _load_arrays(arrays_file: Path, meta: dict) -> TrainedModel:
     """The pickle-free copy: arrays from ``.npz`` (allow_pickle=False) and the JSON."""
     from .safemodel import from_arrays, join_extras
-    from .weights import sha256_file
 
     info = meta["arrays"]
     if not arrays_file.is_file():
         raise AnimeFacesError(f"model arrays {arrays_file} are missing (named in the model's JSON); "
                               f"restore the file or retrain with `animefaces sweep`")
-    digest = sha256_file(arrays_file)
-    if info.get("sha256") != digest:
-        raise ModelMismatchError(f"model file {arrays_file} has sha256 {digest[:16]}..., but the "
-                                 f"model's JSON says {str(info.get('sha256'))[:16]}...: the file "
-                                 f"was changed or damaged; retrain or restore it")
+    _check_sha256(arrays_file, info.get("sha256"), arrays_file.with_suffix(".json").name)
     try:
         with np.load(arrays_file, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}

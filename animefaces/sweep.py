@@ -5,7 +5,6 @@ This module only orchestrates; extraction, fitting and writing tables live in th
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -141,6 +140,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         matplotlib); the model carries its calibrator, abstain band and out-of-domain guard.
     """
     from . import __version__
+    from .cache import atomic_write_json
     from .report import write_predictions, write_reports
     from .calibration import summarize
     from .svm import (TrainedModel, _versions, degenerate_flags, fit_grid, one_se_pick, platt_fit,
@@ -296,24 +296,12 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
     results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
     results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
-    _write_timings(run_dir, results_doc["timings"])
+    # results.json was written before report.html existed; again with the report time in it.
+    atomic_write_json(run_dir / "results.json", results_doc)
     _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
          + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
          + f"; model {model_path}", progress)
     return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
-
-
-def _write_timings(run_dir: Path, timings: dict) -> None:
-    """Add the report-writing times to results.json (written before report.html existed)."""
-    from .cache import atomic_write_json
-
-    path = run_dir / "results.json"
-    try:
-        doc = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return
-    doc["timings"] = dict(timings)
-    atomic_write_json(path, doc)
 
 
 def _data_root(ds: Dataset) -> Path:
