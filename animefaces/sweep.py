@@ -235,10 +235,13 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     t0 = time.perf_counter()
     pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
                      cache_size=cfg.cache_size, seed=cfg.seed)
-    platt = platt_fit(pipeline.decision_function(X["val"]), y["val"])
+    dec_val = pipeline.decision_function(X["val"]).astype(np.float64)
+    platt = platt_fit(dec_val, y["val"])
     refit_seconds = time.perf_counter() - t0
     t0 = time.perf_counter()
-    extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, cache_dir, progress)
+    grid_dec = _grid_decisions(best, dec_val)
+    extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, cache_dir, progress,
+                                          decision=grid_dec)
     trust_seconds = time.perf_counter() - t0
     run_id = run_dir.name
     model_meta = {
@@ -268,7 +271,10 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                      "kernel / C in config order",
         "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
                  "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
-                 "platt": list(platt)},
+                 "platt": list(platt),
+                 # where the decision values behind trust / predictions.csv came from
+                 "decision_values": "grid fit (equal to the refit on val)" if grid_dec is not None
+                                    else "refit model"},
         "trust": trust,
         "footnotes": _flag_footnotes(fits),
         "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
@@ -329,17 +335,42 @@ def _flag_footnotes(fits: list[dict]) -> list[str]:
     return notes
 
 
+def _grid_decisions(best, dec_val: np.ndarray) -> dict | None:
+    """The grid fit's decision values of every split, when they are the refitted model's.
+
+    The grid trains on a precomputed kernel and the saved model is refitted on the real one:
+    libsvm sees the same numbers, so both give the same decision values up to rounding, and
+    computing them again on every split (kernel rows against every support vector: as costly
+    as scoring the grid) is wasted. Checked on val, which the refit scores anyway for Platt;
+    None (recompute) if they differ by more than rounding.
+    """
+    grid_val = best.decision.get("val")
+    if grid_val is None or grid_val.shape != dec_val.shape:
+        return None
+    tol = 1e-6 * (1.0 + float(np.max(np.abs(dec_val), initial=0.0)))
+    if float(np.max(np.abs(grid_val - dec_val), initial=0.0)) > tol:
+        return None
+    return dict(best.decision, val=dec_val)
+
+
 def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFeatures,
-               cache_dir: Path, progress: bool):
+               cache_dir: Path, progress: bool, decision: dict | None = None):
     """Calibrator, abstain band and out-of-domain guard for the chosen model (all fitted on
     train / val), their measurements on every split, and per-image rows for predictions.csv.
+
+    Args:
+        decision: the model's decision values per split if already known (see
+            :func:`_grid_decisions`); computed from ``pipeline`` otherwise.
 
     Returns:
         (model extras, the ``trust`` section of results.json, per-image rows).
     """
     from .calibration import abstain_summary, apply_band, apply_calibrator, choose_band, summarize
 
-    dec = {s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
+    if decision is not None and all(s in decision for s in X if len(X[s])):
+        dec = {s: decision[s] if len(X[s]) else np.zeros(0) for s in X}
+    else:
+        dec = {s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
     cal, info, cal_summary = summarize(dec, y, method=cfg.calibration, folds=cfg.calibration_folds,
                                        n_bins=cfg.ece_bins, seed=cfg.seed)
     probs = {s: apply_calibrator(cal, d) for s, d in dec.items()}

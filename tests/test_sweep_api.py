@@ -222,3 +222,31 @@ def test_extract_killed_midway_resumes(tmp_path):
     assert again.computed == total - done
     assert len(again.records) == total
     assert not list(cache.glob("*/.*.tmp")), "a temp file was left behind"
+
+
+def test_trust_reuses_grid_decisions_only_when_they_match_the_saved_model(swept):
+    """predictions.csv's decision values come from the grid fit (no second pass over every
+    split), so they must be the saved model's own values; a mismatch falls back to the model."""
+    import csv
+
+    from animefaces.svm import FitResult
+    from animefaces.sweep import _grid_decisions
+
+    tmp_path, data, _, res = swept
+    assert res.results["best"]["decision_values"].startswith("grid fit")
+    with open(res.run_dir / "predictions.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    feats = extract_dataset(data, backbone="tiny", weights="random",
+                            cache_dir=tmp_path / "features", progress=False)
+    assert feats.computed == 0 and len(rows) == len(feats.records)
+    clf = animefaces.FaceClassifier.load(res.best_model, weights="random")
+    own = clf.model.decision(feats.X)
+    by_name = {Path(r["path"]).name: float(r["decision"]) for r in rows}
+    csv_dec = np.array([by_name[Path(r.path).name] for r in feats.records])
+    assert np.allclose(csv_dec, own, atol=1e-3)  # the CSV keeps 4 decimals
+    # the fallback: a grid result whose val decisions differ is not used
+    fake = FitResult(row="rbf", params={}, accuracy={}, fit_seconds=0, predict_seconds=0,
+                     decision={"val": np.array([0.5, -1.0]), "train": np.array([1.0])})
+    assert _grid_decisions(fake, np.array([0.5, -1.0 + 1e-9]))["train"][0] == 1.0
+    assert _grid_decisions(fake, np.array([0.5, -0.9])) is None
+    assert _grid_decisions(fake, np.array([0.5])) is None
