@@ -279,7 +279,7 @@ def _video_header(path: Path) -> dict:
     info = probe_video(path)
     return {"codec": info.codec, "width": info.width, "height": info.height,
             "duration_s": info.duration_s, "average_fps": info.average_fps,
-            "frames": info.frames}
+            "frames": info.frames, "rotation": info.rotation}
 
 
 def _decoded_ahead(frames: Iterator[Frame], *, depth: int) -> Iterator[Frame]:

@@ -112,6 +112,12 @@ class VideoInfo:
     duration_s: float | None
     average_fps: float | None
     frames: int | None
+    # Clockwise degrees the stored pictures are turned for display (the display matrix, read
+    # as ffmpeg does: a mirrored picture can read as 180 plus a flip; 0 when there is none).
+    # width / height are the upright size, as frames come out; stored_* as encoded.
+    rotation: int = 0
+    stored_width: int | None = None
+    stored_height: int | None = None
 
 
 def is_video_name(path: os.PathLike | str) -> bool:
@@ -217,14 +223,9 @@ def apply_display_matrix(image: Image.Image, matrix: Sequence[int] | None) -> Im
     if matrix is None or len(matrix) < 9:
         return image
     m = matrix
-    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
-    if scale0 == 0 or scale1 == 0:  # degenerate: not a rotation
+    theta = display_rotation(m)
+    if theta is None:  # degenerate: not a rotation
         return image
-    # av_display_rotation_get (counterclockwise degrees), then ffmpeg's get_rotation: the
-    # clockwise angle that makes the picture upright, in [0, 360).
-    ccw = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
-    theta = -round(ccw)
-    theta -= 360 * math.floor(theta / 360 + 0.9 / 360)
     # The cases and the matrix entries that pick a mirrored variant are ffmpeg's (fftools), so
     # frames look as in ffmpeg and players. PIL's ROTATE_90 turns counterclockwise; TRANSPOSE
     # and TRANSVERSE are ffmpeg's transpose=cclock_flip and clock_flip.
@@ -245,6 +246,21 @@ def apply_display_matrix(image: Image.Image, matrix: Sequence[int] | None) -> Im
     for op in ops:
         image = image.transpose(op)
     return image
+
+
+def display_rotation(matrix: Sequence[int] | None) -> int | None:
+    """The clockwise angle in [0, 360) that a display matrix turns the stored picture by, as
+    ffmpeg computes it (``av_display_rotation_get``, then fftools' ``get_rotation``); 0 for no
+    matrix, None for a degenerate one."""
+    if matrix is None or len(matrix) < 9:
+        return 0
+    m = matrix
+    scale0, scale1 = math.hypot(m[0], m[3]), math.hypot(m[1], m[4])
+    if scale0 == 0 or scale1 == 0:
+        return None
+    ccw = -math.degrees(math.atan2(m[1] / scale1, m[0] / scale0))
+    theta = -round(ccw)
+    return int(theta - 360 * math.floor(theta / 360 + 0.9 / 360))
 
 
 def _display_matrix(av, frame) -> tuple[int, ...] | None:
@@ -281,9 +297,29 @@ def probe_video(video_path: os.PathLike | str) -> VideoInfo:
     container, stream = _open(path)
     with container:
         rate = stream.average_rate or stream.guessed_rate
-        return VideoInfo(path=path, codec=stream.codec_context.name, width=stream.width,
-                         height=stream.height, duration_s=_duration_s(container, stream),
-                         average_fps=float(rate) if rate else None, frames=stream.frames or None)
+        w, h = stream.width, stream.height
+        rotation = _first_frame_rotation(container, stream)
+        if rotation in (90, 270):
+            w, h = h, w  # frames come out upright (apply_display_matrix)
+        return VideoInfo(path=path, codec=stream.codec_context.name, width=w, height=h,
+                         duration_s=_duration_s(container, stream),
+                         average_fps=float(rate) if rate else None, frames=stream.frames or None,
+                         rotation=rotation, stored_width=stream.width,
+                         stored_height=stream.height)
+
+
+def _first_frame_rotation(container, stream) -> int:
+    """Clockwise display rotation (degrees) of the first decoded frame (FFmpeg attaches the
+    container's display matrix to frames); 0 when there is none or the first frame cannot be
+    decoded (sampling reports a broken file itself)."""
+    av = _import_av()
+    try:
+        frame = next(container.decode(stream), None)
+    except (av.error.FFmpegError, OSError, ValueError):
+        return 0
+    if frame is None:
+        return 0
+    return display_rotation(_display_matrix(av, frame)) or 0
 
 
 def sample_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,

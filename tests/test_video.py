@@ -160,6 +160,11 @@ def test_frames_are_turned_upright_by_the_display_matrix(tmp_path, display):
         assert raw.side_data.get(av.sidedata.sidedata.Type.DISPLAYMATRIX) is not None
     got = list(sample_frames(path, fps=1))
     assert [f.image.size for f in got] == [(W, H)] * 3
+    info = probe_video(path)  # the header describes the frames as they come out
+    assert (info.width, info.height) == (W, H)
+    assert (info.stored_width, info.stored_height) == (stored[0].shape[1], stored[0].shape[0])
+    if not (display[1] or display[2]):  # mirrored: ffmpeg reads some as 180 plus a flip
+        assert info.rotation == (-display[0]) % 360
     for second, f in enumerate(got):
         errors = orientation_errors(f.image, upright[second])
         assert min(errors, key=errors.get) == "upright" and errors["upright"] < 8, errors
