@@ -143,8 +143,9 @@ class FaceClassifier:
             raise ValueError("on_error must be 'raise' or 'report'")
         images = list(images)
         results: list[Prediction | None] = [None] * len(images)
-        path_idx = [i for i, im in enumerate(images) if isinstance(im, (str, os.PathLike))]
-        mem_idx = [i for i in range(len(images)) if i not in set(path_idx)]
+        is_path = [isinstance(im, (str, os.PathLike)) for im in images]
+        path_idx = [i for i, p in enumerate(is_path) if p]
+        mem_idx = [i for i, p in enumerate(is_path) if not p]
         fx = self.extractor
         if path_idx:
             cache = FeatureCache(None, fx.fingerprint, meta={}, name=fx.spec.name)
@@ -159,11 +160,13 @@ class FaceClassifier:
                                             error=bad_reason[str(p)])
             stats = self._stats([Path(images[i]) for i in good], files=True)
             self._fill(results, good, X, [str(Path(images[i])) for i in good], stats)
-        if mem_idx:
+        # In-memory images in chunks, so that only one chunk is held as RGB copies at a time.
+        chunk = max(1, batch_size or fx.settings.batch_size) * 4
+        for start in range(0, len(mem_idx), chunk):
             from .imageio import as_rgb_image
 
             ok, decoded = [], []
-            for i in mem_idx:
+            for i in mem_idx[start:start + chunk]:
                 try:
                     decoded.append(as_rgb_image(images[i]))
                     ok.append(i)

@@ -108,6 +108,19 @@ def test_two_line_api_on_png_and_jpeg(swept, tmp_path):
         clf.predict(tmp_path / "f.png").score)
 
 
+def test_predict_many_in_memory_images_in_chunks_keep_their_order(swept, tmp_path):
+    _, _, _, res = swept
+    clf = animefaces.FaceClassifier.load(res.best_model)
+    rng = np.random.default_rng(11)
+    ims = [np.asarray(face_image(rng) if i % 3 else noface_image(rng)) for i in range(11)]
+    ims[5] = np.zeros((2, 2, 2), np.uint8)  # a bad array in the middle of a chunk
+    one = [clf.predict(im).score for i, im in enumerate(ims) if i != 5]
+    many = clf.predict_many(ims, on_error="report", batch_size=1)  # chunks of 4
+    assert many[5].label == "error" and "shape" in many[5].error
+    assert [m.source for m in many] == [f"<image {i}>" for i in range(11)]
+    assert [m.score for i, m in enumerate(many) if i != 5] == pytest.approx(one, abs=1e-6)
+
+
 def test_predict_bad_inputs(swept, tmp_path):
     _, _, _, res = swept
     clf = animefaces.FaceClassifier.load(res.best_model)
