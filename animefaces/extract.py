@@ -551,15 +551,39 @@ class FeatureExtractor:
             cache = FeatureCache(Path(tempfile_dir()), self.fingerprint, meta=self.describe(),
                                  name=self.spec.name)
 
-        def hash_one(p):
+        from .fileindex import HashIndex, RealPaths, is_racy, stat_key
+
+        # Hashes of files whose stat is unchanged since an earlier run are not computed again.
+        index = HashIndex(getattr(cache, "root", None))
+        real = RealPaths()
+        stat_keys = [None] * len(paths)
+
+        def hash_one(i):
+            p = paths[i]
             try:
+                st = os.stat(p)
+                if index.file is not None:
+                    key = stat_key(real(p), st)
+                    known = index.get(key)
+                    if known is not None:
+                        stat_keys[i] = key
+                        return known, None
+                    if not is_racy(st):
+                        stat_keys[i] = key
                 return file_sha256(p), None
             except OSError as exc:
                 return None, "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
 
         # hashlib releases the GIL on large buffers: hash on all cores.
         with self._decode_pool() as pool:
-            hashed = list(pool.map(hash_one, paths, chunksize=64))
+            hashed = list(pool.map(hash_one, range(len(paths)), chunksize=64))
+        for sk, (k, _) in zip(stat_keys, hashed):
+            if sk is not None and k is not None:
+                index.put(sk, k)
+        try:
+            index.save(keep={sk for sk in stat_keys if sk is not None})
+        except OSError:
+            pass  # a read-only cache folder: hashes are computed again next time
         keys = []
         bad: list[tuple[Path, str]] = []
         for p, (k, reason) in zip(paths, hashed):
