@@ -233,15 +233,22 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     best_name, best, X, y, feats = one_se_pick(
         candidates, acc=lambda c: c[1].accuracy[cfg.select_on], n=len(candidates[0][3][cfg.select_on]))
     t0 = time.perf_counter()
-    pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
-                     cache_size=cfg.cache_size, seed=cfg.seed)
-    dec_val = pipeline.decision_function(X["val"]).astype(np.float64)
-    platt = platt_fit(dec_val, y["val"])
-    refit_seconds = time.perf_counter() - t0
-    t0 = time.perf_counter()
+    # The out-of-domain guard needs the chosen backbone's features, not the model: it is fitted
+    # in a thread while libsvm refits the model on one core (both release the GIL).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        ood_job = pool.submit(_fit_ood, cfg, feats, cache_dir) if cfg.ood else None
+        pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
+                         cache_size=cfg.cache_size, seed=cfg.seed)
+        dec_val = pipeline.decision_function(X["val"]).astype(np.float64)
+        platt = platt_fit(dec_val, y["val"])
+        refit_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()  # trust time: waiting for the guard, then the rest
+        ood = ood_job.result() if ood_job is not None else None
     grid_dec = _grid_decisions(best, dec_val)
-    extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, cache_dir, progress,
-                                          decision=grid_dec)
+    extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, progress,
+                                          decision=grid_dec, ood=ood)
     trust_seconds = time.perf_counter() - t0
     run_id = run_dir.name
     model_meta = {
@@ -278,9 +285,10 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "trust": trust,
         "footnotes": _flag_footnotes(fits),
         "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
-        # fit: the SVM grid; refit: the chosen model on the real kernel + Platt; calibration:
-        # per-row calibration summaries; trust: calibrator, abstain band, OOD guard of the best
-        # model (ood_seconds inside it); report: report.md / .csv / results.json / report.html.
+        # fit: the SVM grid; refit: the chosen model on the real kernel + Platt, with the OOD
+        # guard fitted meanwhile in a thread (ood_seconds, overlapping refit_seconds);
+        # calibration: per-row calibration summaries; trust: the wait for the guard after the
+        # refit, calibrator, abstain band and per-image rows of the best model; report: report.md / .csv / results.json / report.html.
         "timings": {"extract_seconds": round(extract_seconds, 3),
                     "fit_seconds": round(fit_seconds, 3),
                     "refit_seconds": round(refit_seconds, 3),
@@ -353,14 +361,38 @@ def _grid_decisions(best, dec_val: np.ndarray) -> dict | None:
     return dict(best.decision, val=dec_val)
 
 
+def _fit_ood(cfg: SweepConfig, feats: ExtractedFeatures, cache_dir: Path) -> dict:
+    """The out-of-domain guard fitted on train / val features and image statistics, and its
+    flags on every image (record order)."""
+    from .ood import OODGuard, flag_summary, is_gray, stats_for_files
+
+    t0 = time.perf_counter()
+    split_of = np.array([r.split for r in feats.records])
+    stats = stats_for_files([r.path for r in feats.records], cache_dir=cache_dir / "image-stats",
+                            n_jobs=min(2, os.cpu_count() or 1))
+    groups = np.array([r.group or "" for r in feats.records], dtype=object)
+    guard = OODGuard(min_side=cfg.ood_min_side, flat_resid=cfg.ood_flat,
+                     noise_autocorr=cfg.ood_noise, k=cfg.ood_k, quantile=cfg.ood_quantile,
+                     text=cfg.ood_text, weak_quantile=cfg.ood_weak_quantile)
+    tr, va = split_of == "train", split_of == "val"
+    guard.fit(feats.X[tr], groups_train=groups[tr], gray_train=is_gray(stats[tr]),
+              X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]),
+              stats_train=stats[tr], stats_val=stats[va])
+    flag, reason, dist = guard.flags(feats.X, stats)
+    summary = dict(guard.describe(), false_flags=flag_summary(flag, reason, split_of, groups),
+                   seconds=round(time.perf_counter() - t0, 3))
+    return {"guard": guard, "flag": flag, "reason": reason, "distance": dist, "summary": summary}
+
+
 def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFeatures,
-               cache_dir: Path, progress: bool, decision: dict | None = None):
-    """Calibrator, abstain band and out-of-domain guard for the chosen model (all fitted on
-    train / val), their measurements on every split, and per-image rows for predictions.csv.
+               progress: bool, decision: dict | None = None, ood: dict | None = None):
+    """Calibrator and abstain band for the chosen model (fitted on val), their measurements on
+    every split, the out-of-domain guard's results, and per-image rows for predictions.csv.
 
     Args:
         decision: the model's decision values per split if already known (see
             :func:`_grid_decisions`); computed from ``pipeline`` otherwise.
+        ood: :func:`_fit_ood`'s result (None: the guard is off).
 
     Returns:
         (model extras, the ``trust`` section of results.json, per-image rows).
@@ -386,30 +418,14 @@ def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFea
     trust = {"calibration": cal_summary,
              "abstain": abstain_summary(band, how, probs, y,
                                         target=cfg.abstain_target if cfg.abstain == "auto" else None)}
-    split_of = np.array([r.split for r in feats.records])
     n = len(feats.records)
     ood_flag = np.zeros(n, bool)
     ood_reason: list = [None] * n
     ood_dist = np.full(n, np.nan)
-    if cfg.ood:
-        from .ood import OODGuard, flag_summary, is_gray, stats_for_files
-
-        t0 = time.perf_counter()
-        stats = stats_for_files([r.path for r in feats.records], cache_dir=cache_dir / "image-stats",
-                                n_jobs=min(2, os.cpu_count() or 1))
-        groups = np.array([r.group or "" for r in feats.records], dtype=object)
-        guard = OODGuard(min_side=cfg.ood_min_side, flat_resid=cfg.ood_flat,
-                         noise_autocorr=cfg.ood_noise, k=cfg.ood_k, quantile=cfg.ood_quantile,
-                         text=cfg.ood_text, weak_quantile=cfg.ood_weak_quantile)
-        tr, va = split_of == "train", split_of == "val"
-        guard.fit(feats.X[tr], groups_train=groups[tr], gray_train=is_gray(stats[tr]),
-                  X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]),
-                  stats_train=stats[tr], stats_val=stats[va])
-        ood_flag, ood_reason, ood_dist = guard.flags(feats.X, stats)
-        extras["ood"] = guard.to_dict()
-        trust["ood"] = dict(guard.describe(),
-                            false_flags=flag_summary(ood_flag, ood_reason, split_of, groups),
-                            seconds=round(time.perf_counter() - t0, 3))
+    if ood is not None:
+        ood_flag, ood_reason, ood_dist = ood["flag"], ood["reason"], ood["distance"]
+        extras["ood"] = ood["guard"].to_dict()
+        trust["ood"] = ood["summary"]
         _log("[sweep] out-of-domain guard: flags " + ", ".join(
             f"{s} {v['rate']:.1%}" for s, v in trust["ood"]["false_flags"].items())
              + " of the (in-domain) data", progress)
