@@ -30,6 +30,8 @@ _LAZY = {
     "scan_videos": "scan",
     "face_ranges": "scan",
     "run_character_sweep": "character",
+    "CharacterClassifier": "character_api",
+    "CharacterPrediction": "character_api",
     "AnimeFacesError": "errors",
     "BadImageError": "errors",
 }

@@ -52,6 +52,106 @@ class Prediction:
         return asdict(self)
 
 
+def model_task(path: os.PathLike | str) -> str:
+    """``face`` or ``character``: what the model at ``path`` was trained for (from its JSON)."""
+    import json
+
+    from .svm import resolve_model_path
+
+    meta_file = resolve_model_path(path).with_suffix(".json")
+    try:
+        return json.loads(meta_file.read_text()).get("task", "face")
+    except (OSError, ValueError):
+        return "face"  # load_model reports a missing or broken JSON properly
+
+
+def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
+                        batch_size: int | None = None):
+    """A saved model and the feature extractor it was trained with, checked to match.
+
+    Returns:
+        (TrainedModel, FeatureExtractor, model file path)
+
+    Raises:
+        AnimeFacesError: the model is for the other task (names the class that loads it).
+        ModelMismatchError: the backbone's weights or preprocessing differ from training.
+    """
+    from .extract import FeatureExtractor
+    from .svm import load_model, resolve_model_path
+
+    model_file = resolve_model_path(path)
+    model = load_model(model_file)
+    got = model.meta.get("task", "face")
+    if got != task:
+        loader = {"face": "FaceClassifier", "character": "CharacterClassifier"}.get(got, got)
+        raise AnimeFacesError(f"model {model_file} identifies {'characters' if got == 'character' else got}"
+                              f", it is not a {task} model; load it with animefaces.{loader}.load "
+                              f"(`animefaces predict --model` picks the right one itself)")
+    feats = model.meta.get("features", {})
+    if weights is None and feats.get("random_weights"):
+        weights = "random"
+    precision = feats.get("precision", "fp32")
+    fx = FeatureExtractor(feats["backbone"], weights=weights, device=device,
+                          precision=precision if precision != "fp16" else "auto",
+                          pooling=feats.get("pooling", "auto"), batch_size=batch_size)
+    now = fx.fingerprint_fields()
+    diff = [k for k in _MUST_MATCH if str(now.get(k)) != str(feats.get(k))]
+    if diff:
+        detail = "; ".join(f"{k}: trained with {feats.get(k)!r}, now {now.get(k)!r}" for k in diff)
+        raise ModelMismatchError(f"model {model_file} does not fit this feature extractor ({detail}); "
+                                 f"use the weights file it was trained with, or retrain")
+    return model, fx, model_file
+
+
+def feature_chunks(fx, images, *, on_error: str, progress: bool, batch_size: int | None,
+                   error_result):
+    """Features of mixed inputs (paths, PIL images, arrays), in input order within each chunk.
+
+    Paths go through the extractor's file pipeline (hashing, batched decode) in one chunk;
+    in-memory images in chunks of 4 batches, so only one chunk is held as RGB copies at a time.
+    Unreadable inputs raise (``on_error="raise"``) or are handed to ``error_result(i, source,
+    reason)``.
+
+    Yields:
+        (indices into ``images``, features (n, d), source names, inputs, inputs_are_files)
+    """
+    from .cache import FeatureCache
+
+    if on_error not in ("raise", "report"):
+        raise ValueError("on_error must be 'raise' or 'report'")
+    is_path = [isinstance(im, (str, os.PathLike)) for im in images]
+    path_idx = [i for i, p in enumerate(is_path) if p]
+    mem_idx = [i for i, p in enumerate(is_path) if not p]
+    if path_idx:
+        cache = FeatureCache(None, fx.fingerprint, meta={}, name=fx.spec.name)
+        paths = [Path(images[i]) for i in path_idx]
+        X, keys, bad = fx.extract_files(paths, cache=cache, skip_bad=on_error == "report",
+                                        progress=progress)
+        bad_reason = {str(p): r for p, r in bad}
+        good = [i for i, p in zip(path_idx, paths) if str(p) not in bad_reason]
+        for i, p in zip(path_idx, paths):
+            if str(p) in bad_reason:
+                error_result(i, str(p), bad_reason[str(p)])
+        if good:
+            good_paths = [Path(images[i]) for i in good]
+            yield good, X, [str(p) for p in good_paths], good_paths, True
+    chunk = max(1, batch_size or fx.settings.batch_size) * 4
+    for start in range(0, len(mem_idx), chunk):
+        from .imageio import as_rgb_image
+
+        ok, decoded = [], []
+        for i in mem_idx[start:start + chunk]:
+            try:
+                decoded.append(as_rgb_image(images[i]))
+                ok.append(i)
+            except BadImageError as exc:
+                if on_error == "raise":
+                    raise
+                error_result(i, f"<image {i}>", exc.reason)
+        if ok:
+            yield ok, fx.transform_images(decoded), [f"<image {i}>" for i in ok], decoded, False
+
+
 class FaceClassifier:
     """A trained face / no-face classifier with its feature extractor.
 
@@ -95,25 +195,9 @@ class FaceClassifier:
         Raises:
             ModelMismatchError: the backbone's weights or preprocessing differ from training.
         """
-        from .extract import FeatureExtractor
-        from .svm import load_model, resolve_model_path
-
         path = path or os.environ.get("ANIMEFACES_MODEL") or DEFAULT_MODEL
-        model_file = resolve_model_path(path)
-        model = load_model(model_file)
-        feats = model.meta.get("features", {})
-        if weights is None and feats.get("random_weights"):
-            weights = "random"
-        precision = feats.get("precision", "fp32")
-        fx = FeatureExtractor(feats["backbone"], weights=weights, device=device,
-                              precision=precision if precision != "fp16" else "auto",
-                              pooling=feats.get("pooling", "auto"), batch_size=batch_size)
-        now = fx.fingerprint_fields()
-        diff = [k for k in _MUST_MATCH if str(now.get(k)) != str(feats.get(k))]
-        if diff:
-            detail = "; ".join(f"{k}: trained with {feats.get(k)!r}, now {now.get(k)!r}" for k in diff)
-            raise ModelMismatchError(f"model {model_file} does not fit this feature extractor ({detail}); "
-                                     f"use the weights file it was trained with, or retrain")
+        model, fx, model_file = load_with_extractor(path, task="face", device=device,
+                                                    weights=weights, batch_size=batch_size)
         return cls(model, fx, threshold=threshold, path=model_file, abstain=abstain, ood=ood)
 
     @property
@@ -137,47 +221,16 @@ class FaceClassifier:
             on_error: ``raise`` (stop at the first unreadable image) or ``report`` (return a
                 Prediction with label ``error`` and the reason for it).
         """
-        from .cache import FeatureCache
-
-        if on_error not in ("raise", "report"):
-            raise ValueError("on_error must be 'raise' or 'report'")
         images = list(images)
         results: list[Prediction | None] = [None] * len(images)
-        is_path = [isinstance(im, (str, os.PathLike)) for im in images]
-        path_idx = [i for i, p in enumerate(is_path) if p]
-        mem_idx = [i for i, p in enumerate(is_path) if not p]
-        fx = self.extractor
-        if path_idx:
-            cache = FeatureCache(None, fx.fingerprint, meta={}, name=fx.spec.name)
-            paths = [Path(images[i]) for i in path_idx]
-            X, keys, bad = fx.extract_files(paths, cache=cache, skip_bad=on_error == "report",
-                                            progress=progress)
-            bad_reason = {str(p): r for p, r in bad}
-            good = [i for i in path_idx if str(Path(images[i])) not in bad_reason]
-            for i, p in zip(path_idx, paths):
-                if str(p) in bad_reason:
-                    results[i] = Prediction(source=str(p), label="error", score=float("nan"),
-                                            error=bad_reason[str(p)])
-            stats = self._stats([Path(images[i]) for i in good], files=True)
-            self._fill(results, good, X, [str(Path(images[i])) for i in good], stats)
-        # In-memory images in chunks, so that only one chunk is held as RGB copies at a time.
-        chunk = max(1, batch_size or fx.settings.batch_size) * 4
-        for start in range(0, len(mem_idx), chunk):
-            from .imageio import as_rgb_image
 
-            ok, decoded = [], []
-            for i in mem_idx[start:start + chunk]:
-                try:
-                    decoded.append(as_rgb_image(images[i]))
-                    ok.append(i)
-                except BadImageError as exc:
-                    if on_error == "raise":
-                        raise
-                    results[i] = Prediction(source=f"<image {i}>", label="error",
-                                            score=float("nan"), error=exc.reason)
-            if ok:
-                self._fill(results, ok, fx.transform_images(decoded), [f"<image {i}>" for i in ok],
-                           self._stats(decoded, files=False))
+        def error_result(i, source, reason):
+            results[i] = Prediction(source=source, label="error", score=float("nan"), error=reason)
+
+        for idx, X, names, inputs, files in feature_chunks(
+                self.extractor, images, on_error=on_error, progress=progress,
+                batch_size=batch_size, error_result=error_result):
+            self._fill(results, idx, X, names, self._stats(inputs, files=files))
         return results
 
     def _stats(self, images, *, files: bool):

@@ -1,8 +1,9 @@
 """Character identification (the GochiUsa_Faces task): same features and SVMs, labels = character.
 
 Classes come from a manifest's ``group`` column (for face rows) or from ``CHARACTER/`` folders.
-Outputs: accuracy per backbone x kernel, per-class precision / recall, and the confusion matrix
-of the chosen model (CSV + PNG).
+Outputs: accuracy per backbone x kernel, per-class precision / recall, the confusion matrix of
+the chosen model (CSV + PNG), and the model itself (``models/character-best``; see
+:mod:`animefaces.character_api`).
 """
 
 from __future__ import annotations
@@ -95,13 +96,17 @@ def _confusion_png(cm: np.ndarray, classes: list[str], title: str) -> bytes:
 
 def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups=None,
                         min_per_class: int = 5, backbones=None, weights=None, device=None,
-                        out_dir=None, cache_dir=None, progress: bool = True) -> dict:
+                        out_dir=None, cache_dir=None, models_dir=None,
+                        progress: bool = True) -> dict:
     """Fit the SVM grid to identify characters; write tables, per-class metrics and confusion
-    matrices into a run folder. Returns the results dict (also saved as results.json)."""
+    matrices into a run folder, and save the best model (chosen on val) as
+    ``models_dir/<run>-character-<backbone>-<kernel>`` and ``models_dir/character-best`` (load
+    it with :class:`animefaces.CharacterClassifier`). Returns the results dict (also saved as
+    results.json)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from .cache import atomic_write_bytes, atomic_write_json
-    from .svm import _versions, fit_grid, one_se_pick, refit, select_per_row
+    from .svm import TrainedModel, _versions, fit_grid, one_se_pick, refit, save_model, select_per_row
     from .sweep import _backbones_to_run, _new_run_dir, extract_dataset, make_extractor
 
     t0 = time.perf_counter()
@@ -142,6 +147,19 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
                                          n=len(chosen[0][3]["val"]))
     pipe = refit(best.params, X["train"], y["train"], scaling=cfg.scaling, cache_size=cfg.cache_size,
                  seed=cfg.seed)
+    from datetime import datetime, timezone
+
+    model_meta = {
+        "task": "character", "classes": classes, "run_id": run_dir.name, "backbone": name,
+        "kernel": best.row, "params": best.params, "scaling": cfg.scaling, "features": meta,
+        "accuracy": best.accuracy, "selected_on": "val",
+        "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    model = TrainedModel(pipeline=pipe, platt=(0.0, 0.0), meta=model_meta)
+    models_root = Path(models_dir or cfg.models_dir)
+    model_path = save_model(model, models_root / f"{run_dir.name}-{name}-{best.row}")
+    best_path = save_model(model, models_root / "character-best")
     eval_split = "test" if "test" in X else "val"
     pred = pipe.predict(X[eval_split])
     labels_idx = list(range(len(classes)))
@@ -173,6 +191,8 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
               f"- data: `{ds.source}`: {len(classes)} characters, " + ", ".join(
                   f"{s} {int(np.sum([r.split == s for r in ds.records]))}" for s in ("train", "val", "test")),
               f"- best on val: **{name} {best.row}** -> " + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items()),
+              f"- model: `{model_path}` (also `{best_path}`); use it with "
+              f"`animefaces predict --model {best_path.with_suffix('')} IMAGES`",
               *[f"- note: {n}" for n in ds.notes], "", "## Accuracy", "", *md, "",
               f"## Per-class precision / recall ({eval_split}, best model)", "",
               "| character | precision | recall | support |", "|---|---|---|---|",
@@ -184,7 +204,8 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
     results = {"run_id": run_dir.name, "task": "character", "classes": classes, "data": ds.source,
                "notes": ds.notes, "table": table, "skipped": skipped,
                "best": {"backbone": name, "kernel": best.row, "params": best.params,
-                        "accuracy": best.accuracy, "eval_split": eval_split},
+                        "accuracy": best.accuracy, "eval_split": eval_split,
+                        "model": str(model_path), "also_saved_as": str(best_path)},
                "per_class": per_class, "confusion": cm.tolist(), "features": meta,
                "versions": _versions(), "seconds": round(time.perf_counter() - t0, 3),
                "run_dir": str(run_dir)}

@@ -91,7 +91,8 @@ def cmd_sweep(args) -> int:
         res = run_character_sweep(args.data, config=args.config, groups=groups,
                                   min_per_class=args.min_per_class, backbones=backbones,
                                   weights=_weights_arg(args.weights), device=args.device,
-                                  out_dir=args.out, cache_dir=args.cache_dir, progress=not args.quiet)
+                                  out_dir=args.out, cache_dir=args.cache_dir,
+                                  models_dir=args.models_dir, progress=not args.quiet)
         print((Path(res["run_dir"]) / "report.md").read_text())
         print(f"Reports: {res['run_dir']}")
         return 0
@@ -105,10 +106,15 @@ def cmd_sweep(args) -> int:
 
 
 def cmd_predict(args) -> int:
-    from .api import FaceClassifier
+    import os
+
+    from .api import DEFAULT_MODEL, FaceClassifier, model_task
     from .datasets import records_from_paths
 
-    clf = FaceClassifier.load(args.model, device=args.device, threshold=args.threshold,
+    model = args.model or os.environ.get("ANIMEFACES_MODEL") or DEFAULT_MODEL
+    if model_task(model) == "character":
+        return _predict_characters(args, model)
+    clf = FaceClassifier.load(model, device=args.device, threshold=args.threshold,
                               abstain=args.abstain, ood=not args.no_ood)
     paths = records_from_paths(args.inputs)
     preds = clf.predict_many(paths, on_error="report", progress=not args.quiet)
@@ -136,6 +142,42 @@ def cmd_predict(args) -> int:
     n_err = sum(r["label"] == "error" for r in rows)
     if n_err:
         print(f"{n_err} of {len(rows)} image(s) could not be read (label 'error' above)", file=sys.stderr)
+    return 1 if n_err else 0
+
+
+def _predict_characters(args, model) -> int:
+    """``animefaces predict`` with a character model: one character per image."""
+    from .character_api import CharacterClassifier
+    from .datasets import records_from_paths
+
+    clf = CharacterClassifier.load(model, device=args.device)
+    preds = clf.predict_many(records_from_paths(args.inputs), on_error="report",
+                             progress=not args.quiet)
+    rows = [p.to_dict() for p in preds]
+    out = open(args.output, "w", newline="") if args.output else sys.stdout
+    try:
+        if args.format == "json":
+            json.dump(rows, out, indent=2)
+            out.write("\n")
+        elif args.format == "csv":
+            w = csv.writer(out, lineterminator="\n")
+            w.writerow(["source", "character", "ranking", "error"])
+            for r in rows:
+                w.writerow([r["source"], r["character"] or "error",
+                            " ".join(f"{c}={s:.3f}" for c, s in r["ranking"]), r["error"] or ""])
+        else:
+            for r in rows:
+                if r["error"]:
+                    out.write(f"{r['source']}\terror\t{r['error']}\n")
+                else:
+                    runners = ", ".join(f"{c} {s:.2f}" for c, s in r["ranking"][1:])
+                    out.write(f"{r['source']}\t{r['character']}\t(next: {runners or '-'})\n")
+    finally:
+        if args.output:
+            out.close()
+    n_err = sum(1 for r in rows if r["error"])
+    if n_err:
+        print(f"{n_err} of {len(rows)} image(s) could not be read ('error' above)", file=sys.stderr)
     return 1 if n_err else 0
 
 
@@ -206,7 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("predict", help="classify image files or folders with a trained model")
     pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
-    pr.add_argument("--model", default=None, help="model saved by sweep (default: models/best)")
+    pr.add_argument("--model", default=None,
+                    help="model saved by sweep (default: models/best); a character model "
+                         "(sweep --task character: models/character-best) names the character "
+                         "in each image instead")
     pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
     pr.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
     pr.add_argument("--threshold", type=float, default=0.5, help="P(face) threshold (default 0.5)")

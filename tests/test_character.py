@@ -69,3 +69,55 @@ def test_character_sweep_writes_confusion_and_per_class(tmp_path):
     # hair colour is exactly what a hue histogram sees
     assert res["best"]["accuracy"]["test"] >= 0.9
     assert json.loads((run / "results.json").read_text())["task"] == "character"
+
+
+def test_character_model_is_saved_and_identifies_characters(tmp_path, capsys):
+    import animefaces
+    from animefaces.cli import main
+    from animefaces.errors import AnimeFacesError
+
+    data = make_characters(tmp_path / "c")
+    models = tmp_path / "models"
+    res = run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"],
+                              models_dir=models, progress=False)
+    best = models / "character-best"
+    assert best.with_suffix(".joblib").is_file() and res["best"]["also_saved_as"].endswith(
+        "character-best.joblib")
+    clf = animefaces.CharacterClassifier.load(best)
+    assert clf.classes == res["classes"]
+    imgs = tmp_path / "c" / "images"
+    # new pictures, not the training files: the hair colour decides
+    for name, c in (("red", (215, 35, 25)), ("blue", (25, 45, 225))):
+        arr = np.full((64, 64, 3), 240, np.uint8)
+        arr[:24] = c
+        Image.fromarray(arr).save(tmp_path / f"{name}.png")
+    many = clf.predict_many([tmp_path / "red.png", np.asarray(Image.open(tmp_path / "blue.png")),
+                             tmp_path / "missing.png"], on_error="report")
+    assert [m.character for m in many] == ["hair:red", "hair:blue", None]
+    assert many[0].ranking[0][0] == "hair:red" and len(many[0].ranking) == 3
+    assert many[0].ranking[0][1] >= many[0].ranking[1][1]
+    assert "no such file" in many[2].error
+    # the face API refuses it with the way out, and predict picks the right loader itself
+    with pytest.raises(AnimeFacesError, match="CharacterClassifier"):
+        animefaces.FaceClassifier.load(best)
+    capsys.readouterr()
+    assert main(["predict", "--model", str(best), str(imgs / "green-test-0.png"), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "\thair:green\t" in out
+    assert main(["predict", "--model", str(best), "--format", "json",
+                 str(tmp_path / "red.png"), "-q"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows[0]["character"] == "hair:red" and rows[0]["ranking"][0][0] == "hair:red"
+
+
+def test_two_character_model_ranks_both(tmp_path):
+    import animefaces
+
+    data = make_characters(tmp_path / "c")
+    run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"],
+                        groups=["hair:red", "hair:blue"], models_dir=tmp_path / "m",
+                        progress=False)
+    clf = animefaces.CharacterClassifier.load(tmp_path / "m" / "character-best")
+    p = clf.predict(tmp_path / "c" / "images" / "blue-test-1.png")
+    assert p.character == "hair:blue"
+    assert [c for c, _ in p.ranking] == ["hair:blue", "hair:red"]

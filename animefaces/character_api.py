@@ -1,0 +1,125 @@
+"""Identify characters with a model saved by ``animefaces sweep --task character``.
+
+    >>> import animefaces
+    >>> clf = animefaces.CharacterClassifier.load("models/character-best")   # doctest: +SKIP
+    >>> clf.predict("face.png").character                                    # doctest: +SKIP
+    'sytwu:kiara'
+
+The model knows only the characters it was trained on: every readable image gets one of them.
+Feed it face crops (``animefaces crops``) or frames known to show one character, as in the
+GochiUsa_Faces setup; ``ranking`` shows how close the runners-up were.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CHARACTER_MODEL = "models/character-best"
+TOP = 3
+
+
+@dataclass
+class CharacterPrediction:
+    """The answer for one image.
+
+    Attributes:
+        source: the file path, or ``<image 3>`` for in-memory inputs.
+        character: the predicted character (a class of the training data); None on error.
+        ranking: up to three ``(character, score)`` pairs, best first, by the SVM's
+            one-vs-rest decision value (for multi-class SVMs: votes plus a confidence below 1;
+            for two characters: +-the binary decision value). Scores are not probabilities.
+        error: why the image could not be read.
+    """
+
+    source: str
+    character: str | None
+    ranking: list = field(default_factory=list)
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["ranking"] = [[c, round(float(s), 4)] for c, s in self.ranking]
+        return d
+
+
+class CharacterClassifier:
+    """A trained character classifier with its feature extractor; build one with :meth:`load`."""
+
+    def __init__(self, model, extractor, *, path: Path | None = None):
+        self.model = model
+        self.extractor = extractor
+        self.path = path
+        self.classes: list[str] = list(model.meta["classes"])
+
+    @classmethod
+    def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
+             batch_size: int | None = None) -> "CharacterClassifier":
+        """Load a model saved by ``animefaces sweep --task character`` (default:
+        ``models/character-best``).
+
+        Raises:
+            AnimeFacesError: no model there, or a face / no-face model (use FaceClassifier).
+            ModelMismatchError: the backbone's weights or preprocessing differ from training.
+        """
+        from .api import load_with_extractor
+
+        model, fx, model_file = load_with_extractor(path or DEFAULT_CHARACTER_MODEL,
+                                                    task="character", device=device,
+                                                    weights=weights, batch_size=batch_size)
+        return cls(model, fx, path=model_file)
+
+    @property
+    def backbone(self) -> str:
+        return self.extractor.spec.name
+
+    def predict(self, image) -> CharacterPrediction:
+        """Identify the character in one image (path, PIL image or numpy array).
+
+        Raises:
+            BadImageError: the image cannot be read (the message names it).
+        """
+        return self.predict_many([image], on_error="raise")[0]
+
+    def predict_many(self, images, *, on_error: str = "raise", progress: bool = False,
+                     batch_size: int | None = None) -> list[CharacterPrediction]:
+        """Identify the characters in many images, batched through the CNN.
+
+        Args:
+            on_error: ``raise`` (stop at the first unreadable image) or ``report`` (a
+                prediction with ``character=None`` and the reason in ``error``).
+        """
+        from .api import feature_chunks
+
+        images = list(images)
+        results: list[CharacterPrediction | None] = [None] * len(images)
+
+        def error_result(i, source, reason):
+            results[i] = CharacterPrediction(source=source, character=None, error=reason)
+
+        for idx, X, names, _inputs, _files in feature_chunks(
+                self.extractor, images, on_error=on_error, progress=progress,
+                batch_size=batch_size, error_result=error_result):
+            pred = np.asarray(self.model.pipeline.predict(X), dtype=np.int64)
+            scores = self._scores(X)
+            for i, name, k, row in zip(idx, names, pred, scores):
+                order = np.argsort(-row, kind="stable")[:TOP]
+                results[i] = CharacterPrediction(
+                    source=name, character=self.classes[int(k)],
+                    ranking=[(self.classes[int(j)], float(row[j])) for j in order])
+        return results
+
+    def _scores(self, X) -> np.ndarray:
+        """(n, n_classes) one-vs-rest decision values."""
+        d = np.asarray(self.model.pipeline.decision_function(X), dtype=np.float64)
+        if d.ndim == 1:  # two characters: one binary decision value (> 0: the second class)
+            d = np.stack([-d, d], axis=1)
+        return d
+
+    def __repr__(self) -> str:
+        m = self.model.meta
+        return (f"CharacterClassifier(backbone={m.get('backbone')!r}, kernel={m.get('kernel')!r}, "
+                f"characters={len(self.classes)}, path={str(self.path)!r})")
