@@ -119,30 +119,17 @@ def cmd_predict(args) -> int:
     paths = records_from_paths(args.inputs)
     preds = clf.predict_many(paths, on_error="report", progress=not args.quiet)
     rows = [p.to_dict() for p in preds]
-    out = open(args.output, "w", newline="") if args.output else sys.stdout
-    try:
-        if args.format == "json":
-            json.dump(rows, out, indent=2)
-            out.write("\n")
-        elif args.format == "csv":
-            w = csv.DictWriter(out, fieldnames=list(rows[0]) if rows else ["source"], lineterminator="\n")
-            w.writeheader()
-            w.writerows(rows)
-        else:
-            for r in rows:
-                if r["label"] == "error":
-                    out.write(f"{r['source']}\terror\t{r['error']}\n")
-                elif r.get("out_of_domain"):
-                    out.write(f"{r['source']}\tout_of_domain\t{r['score']:.3f}\t{r.get('ood_reason') or ''}\n")
-                else:
-                    out.write(f"{r['source']}\t{r['label']}\t{r['score']:.3f}\n")
-    finally:
-        if args.output:
-            out.close()
-    n_err = sum(r["label"] == "error" for r in rows)
-    if n_err:
-        print(f"{n_err} of {len(rows)} image(s) could not be read (label 'error' above)", file=sys.stderr)
-    return 1 if n_err else 0
+    header = list(rows[0]) if rows else ["source"]
+
+    def line(r):
+        if r["label"] == "error":
+            return f"{r['source']}\terror\t{r['error']}"
+        if r.get("out_of_domain"):
+            return f"{r['source']}\tout_of_domain\t{r['score']:.3f}\t{r.get('ood_reason') or ''}"
+        return f"{r['source']}\t{r['label']}\t{r['score']:.3f}"
+
+    return _emit(args, rows, csv_header=header, csv_row=lambda r: [r[k] for k in header],
+                 line=line, n_err=sum(r["label"] == "error" for r in rows))
 
 
 def _predict_characters(args, model) -> int:
@@ -154,6 +141,23 @@ def _predict_characters(args, model) -> int:
     preds = clf.predict_many(records_from_paths(args.inputs), on_error="report",
                              progress=not args.quiet)
     rows = [p.to_dict() for p in preds]
+
+    def line(r):
+        if r["error"]:
+            return f"{r['source']}\terror\t{r['error']}"
+        runners = ", ".join(f"{c} {s:.2f}" for c, s in r["ranking"][1:])
+        return f"{r['source']}\t{r['character']}\t(next: {runners or '-'})"
+
+    return _emit(args, rows, csv_header=["source", "character", "ranking", "error"],
+                 csv_row=lambda r: [r["source"], r["character"] or "error",
+                                    " ".join(f"{c}={s:.3f}" for c, s in r["ranking"]),
+                                    r["error"] or ""],
+                 line=line, n_err=sum(1 for r in rows if r["error"]))
+
+
+def _emit(args, rows, *, csv_header, csv_row, line, n_err: int) -> int:
+    """Write predict's rows as JSON, CSV or a table (stdout or --output); exit code 1 when
+    some inputs could not be read."""
     out = open(args.output, "w", newline="") if args.output else sys.stdout
     try:
         if args.format == "json":
@@ -161,21 +165,14 @@ def _predict_characters(args, model) -> int:
             out.write("\n")
         elif args.format == "csv":
             w = csv.writer(out, lineterminator="\n")
-            w.writerow(["source", "character", "ranking", "error"])
-            for r in rows:
-                w.writerow([r["source"], r["character"] or "error",
-                            " ".join(f"{c}={s:.3f}" for c, s in r["ranking"]), r["error"] or ""])
+            w.writerow(csv_header)
+            w.writerows(csv_row(r) for r in rows)
         else:
             for r in rows:
-                if r["error"]:
-                    out.write(f"{r['source']}\terror\t{r['error']}\n")
-                else:
-                    runners = ", ".join(f"{c} {s:.2f}" for c, s in r["ranking"][1:])
-                    out.write(f"{r['source']}\t{r['character']}\t(next: {runners or '-'})\n")
+                out.write(line(r) + "\n")
     finally:
         if args.output:
             out.close()
-    n_err = sum(1 for r in rows if r["error"])
     if n_err:
         print(f"{n_err} of {len(rows)} image(s) could not be read ('error' above)", file=sys.stderr)
     return 1 if n_err else 0
