@@ -77,7 +77,8 @@ class HashIndex:
         if self.file is not None and self.file.is_file():
             try:
                 with np.load(self.file, allow_pickle=False) as z:
-                    self._known = dict(zip(z["keys"].tolist(), z["digests"].tolist()))
+                    self._known = dict(zip(map(os.fsdecode, z["keys"].tolist()),
+                                           map(bytes.decode, z["digests"].tolist())))
             except (OSError, ValueError, KeyError, EOFError):
                 self._known = {}  # damaged: rebuilt by this run
 
@@ -104,8 +105,9 @@ class HashIndex:
                      if k in keep or k.rsplit("|", 4)[0] not in live_paths}
         keys = sorted(known)
         buf = io.BytesIO()
-        np.savez(buf, keys=np.array(keys, dtype=str),
-                 digests=np.array([known[k] for k in keys], dtype=str))
+        # bytes (UTF-8 / the file system's encoding), not numpy's 4-bytes-a-character str
+        np.savez(buf, keys=np.array([os.fsencode(k) for k in keys], dtype=bytes),
+                 digests=np.array([known[k].encode() for k in keys], dtype=bytes))
         self.file.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.file, buf.getvalue())
         self._new = 0
