@@ -77,10 +77,12 @@ class HashIndex:
         if self.file is not None and self.file.is_file():
             try:
                 with np.load(self.file, allow_pickle=False) as z:
-                    self._known = dict(zip(map(os.fsdecode, z["keys"].tolist()),
-                                           map(bytes.decode, z["digests"].tolist())))
-            except (OSError, ValueError, KeyError, EOFError):
-                self._known = {}  # damaged: rebuilt by this run
+                    keys, digests = z["keys"].tolist(), z["digests"].tolist()
+                if len(keys) != len(digests):
+                    raise ValueError("keys and digests differ in length")
+                self._known = dict(zip(map(os.fsdecode, keys), map(bytes.decode, digests)))
+            except Exception:  # noqa: BLE001 - damaged or foreign: rebuilt by this run
+                self._known = {}
 
     def get(self, key: str) -> str | None:
         return self._known.get(key)

@@ -107,3 +107,17 @@ def test_real_paths_follow_folder_and_file_links(tmp_path):
     assert real(tmp_path / "link" / "a.png") == want
     assert real(tmp_path / "link" / "b.png") == want
     assert real(tmp_path / "data" / "a.png") == want
+
+
+@pytest.mark.parametrize("arrays", [
+    {"keys": np.array(["/a|1|2|3|4"]), "digests": np.array(["ab"])},  # str arrays, not bytes
+    {"keys": np.array([b"/a|1|2|3|4", b"/b|1|2|3|4"]), "digests": np.array([b"ab"])},
+    {"other": np.zeros(3)},
+])
+def test_foreign_index_contents_are_ignored(tmp_path, arrays):
+    np.savez(tmp_path / INDEX_NAME, **arrays)
+    idx = HashIndex(tmp_path)
+    assert idx.get("/a|1|2|3|4") is None and idx.get("/b|1|2|3|4") is None
+    idx.put("/c|1|2|3|4", "cd")
+    idx.save()
+    assert HashIndex(tmp_path).get("/c|1|2|3|4") == "cd"
