@@ -28,6 +28,18 @@ def _esc(x) -> str:
     return html.escape(str(x), quote=True)
 
 
+def _by_split(d: dict) -> list:
+    """``d``'s items with split keys in train / val / test / distinct order (results.json is
+    written with sorted keys, so the file and the in-memory document order them differently)."""
+    rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
+    return sorted(d.items(), key=lambda kv: (rank.get(kv[0], len(rank)), str(kv[0])))
+
+
+def _by_count(d: dict) -> list:
+    """``d``'s (name, count) items, largest count first, then by name."""
+    return sorted(d.items(), key=lambda kv: (-kv[1], str(kv[0])))
+
+
 def _fmt(x, digits=3) -> str:
     return "" if x is None else f"{x:.{digits}f}"
 
@@ -301,7 +313,7 @@ def _trust_sections(results, pred, splits) -> str:
                    f" ({_esc(ab.get('how', ''))}).</p>")
         out.append(_table(["split", "coverage", "risk when answering", "risk answering all"],
                           [[_esc(s), _fmt(v["coverage"]), _fmt(v["risk"], 4), _fmt(v["full_risk"], 4)]
-                           for s, v in ab["splits"].items()]))
+                           for s, v in _by_split(ab["splits"])]))
     out.append(fig_risk_coverage(pred, splits, band))
     ood = trust.get("ood")
     if ood:
@@ -315,9 +327,9 @@ def _trust_sections(results, pred, splits) -> str:
                    f"Every image below is an anime image, so each flag is a false flag.</p>")
         out.append(_table(["split", "flagged", "rate", "by reason", "groups with most flags"],
                           [[_esc(s), f"{v['flagged']} / {v['n']}", _fmt(v["rate"]),
-                            _esc(", ".join(f"{k} {n}" for k, n in v["by_reason"].items())),
-                            _esc(", ".join(f"{k} {n}" for k, n in v.get("top_groups", {}).items()))]
-                           for s, v in ood["false_flags"].items()]))
+                            _esc(", ".join(f"{k} {n}" for k, n in _by_count(v["by_reason"]))),
+                            _esc(", ".join(f"{k} {n}" for k, n in _by_count(v.get("top_groups", {}))))]
+                           for s, v in _by_split(ood["false_flags"])]))
     return "\n".join(out)
 
 
@@ -331,14 +343,16 @@ img{max-width:100%;display:block;margin:.5em 0}.low{color:#b00;font-weight:bold}
 """
 
 
-def build_html(run_dir: os.PathLike | str) -> str:
-    """The report for a run folder, as one HTML string."""
+def build_html(run_dir: os.PathLike | str, results: dict | None = None) -> str:
+    """The report for a run folder, as one HTML string (``results``: the run's results.json
+    document when the caller has it in memory; read from the folder otherwise)."""
     run_dir = Path(run_dir)
     res_path = run_dir / "results.json"
-    if not res_path.is_file():
-        raise AnimeFacesError(f"{run_dir}: no results.json; pass a run folder written by "
-                              f"`animefaces sweep` (e.g. reports/20260101-120000-default)")
-    results = json.loads(res_path.read_text(encoding="utf-8"))
+    if results is None:
+        if not res_path.is_file():
+            raise AnimeFacesError(f"{run_dir}: no results.json; pass a run folder written by "
+                                  f"`animefaces sweep` (e.g. reports/20260101-120000-default)")
+        results = json.loads(res_path.read_text(encoding="utf-8"))
     pinfo = results.get("predictions") or {}
     pred_path = run_dir / pinfo.get("file", "predictions.csv")
     best = results.get("best") or {}
@@ -346,9 +360,9 @@ def build_html(run_dir: os.PathLike | str) -> str:
              "<ul>",
              f"<li>data: <code>{_esc(results['data']['source'])}</code> "
              + _esc(", ".join(f"{s}: " + ", ".join(f"{k} {v}" for k, v in c.items())
-                              for s, c in results["data"]["counts"].items())) + "</li>",
+                              for s, c in _by_split(results["data"]["counts"]))) + "</li>",
              f"<li>best on val (never test): <b>{_esc(best.get('backbone'))} {_esc(best.get('kernel'))}</b> "
-             + _esc(", ".join(f"{s} {_fmt(a)}" for s, a in best.get("accuracy", {}).items())) + "</li>",
+             + _esc(", ".join(f"{s} {_fmt(a)}" for s, a in _by_split(best.get("accuracy", {})))) + "</li>",
              f"<li>model: <code>{_esc(best.get('model'))}</code></li>",
              f"<li>config: <code>{_esc(results.get('config_source'))}</code>; scaling "
              f"{_esc(results.get('scaling'))}</li>", "</ul>",
@@ -377,11 +391,12 @@ def build_html(run_dir: os.PathLike | str) -> str:
             "<body>\n" + "\n".join(parts) + "\n</body></html>\n")
 
 
-def write_html_report(run_dir: os.PathLike | str, out: os.PathLike | str | None = None) -> Path:
+def write_html_report(run_dir: os.PathLike | str, out: os.PathLike | str | None = None, *,
+                      results: dict | None = None) -> Path:
     """Write ``report.html`` (or ``out``) for a run folder; returns its path."""
     from .cache import atomic_write_bytes
 
     run_dir = Path(run_dir)
     target = Path(out) if out else run_dir / "report.html"
-    atomic_write_bytes(target, build_html(run_dir).encode("utf-8"))
+    atomic_write_bytes(target, build_html(run_dir, results).encode("utf-8"))
     return target

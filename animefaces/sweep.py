@@ -140,7 +140,6 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         matplotlib); the model carries its calibrator, abstain band and out-of-domain guard.
     """
     from . import __version__
-    from .cache import atomic_write_json
     from .report import write_predictions, write_reports
     from .calibration import summarize
     from .svm import (TrainedModel, _versions, degenerate_flags, fit_grid, one_se_pick, platt_fit,
@@ -301,17 +300,15 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     results_doc["timings"]["total_seconds"] = round(t0 - t_start, 3)  # before the reports
     write_predictions(run_dir / "predictions.csv", per_image, root=_data_root(ds))
     results_doc["predictions"] = {"file": "predictions.csv", "data_root": str(_data_root(ds))}
-    write_reports(results_doc, run_dir)
     try:
         from .html_report import write_html_report
 
-        write_html_report(run_dir)
+        write_html_report(run_dir, results=results_doc)
     except ImportError as exc:  # matplotlib is the optional 'report' extra
         _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
     results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
     results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
-    # results.json was written before report.html existed; again with the report time in it.
-    atomic_write_json(run_dir / "results.json", results_doc)
+    write_reports(results_doc, run_dir)  # results.json (with the report time), md, csv
     _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
          + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
          + f"; model {model_path}", progress)

@@ -65,6 +65,14 @@ def test_report_command_rewrites_it(run_dir, tmp_path, capsys):
     assert str(out) in capsys.readouterr().out and out.stat().st_size > 10_000
     assert main(["report", str(tmp_path)]) == 2
     assert "no results.json" in capsys.readouterr().err
+    # The sweep built its report from the document in memory, the command from results.json
+    # (written with sorted keys): the same page apart from the figures' bytes.
+    def text(p):
+        return re.sub(r'base64,[^"]+', "IMG", p.read_text())
+
+    assert text(out) == text(run_dir / "report.html")
+    page = text(out)
+    assert page.index("<td>train</td>") < page.index("<td>val</td>") < page.index("<td>distinct</td>")
 
 
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
