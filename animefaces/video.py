@@ -288,7 +288,8 @@ def _duration_s(container, stream) -> float | None:
 
 
 def probe_video(video_path: os.PathLike | str) -> VideoInfo:
-    """Read a video's header: codec, size, duration (or None), average fps (or None).
+    """Read a video's header: codec, size (upright, as frames come out: the first frame is
+    decoded for its display rotation), duration (or None), average fps (or None).
 
     Raises:
         BadVideoError: missing file, not a video, no video stream.
