@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 INDEX_NAME = "file-hashes-v1.npz"
+PRUNE_SLACK = 10_000  # entries beyond twice this run's files before the gone ones are dropped
 
 
 class RealPaths:
@@ -105,6 +106,12 @@ class HashIndex:
             live_paths = {k.rsplit("|", 4)[0] for k in keep}
             known = {k: v for k, v in known.items()
                      if k in keep or k.rsplit("|", 4)[0] not in live_paths}
+            if len(known) > 2 * len(keep) + PRUNE_SLACK:
+                # Mostly other runs' files: drop the entries of files that are gone, so the
+                # index does not grow for ever (a stat each, only when it has grown this much).
+                known = {k: v for k, v in known.items()
+                         if k in keep or os.path.lexists(k.rsplit("|", 4)[0])}
+        self._known = known
         keys = sorted(known)
         buf = io.BytesIO()
         # bytes (UTF-8 / the file system's encoding), not numpy's 4-bytes-a-character str

@@ -121,3 +121,19 @@ def test_foreign_index_contents_are_ignored(tmp_path, arrays):
     idx.put("/c|1|2|3|4", "cd")
     idx.save()
     assert HashIndex(tmp_path).get("/c|1|2|3|4") == "cd"
+
+
+def test_entries_of_deleted_files_are_pruned_when_the_index_grows(tmp_path, monkeypatch):
+    monkeypatch.setattr(fileindex, "PRUNE_SLACK", 2)
+    live = tmp_path / "live.png"
+    live.write_bytes(b"x")
+    idx = HashIndex(tmp_path)
+    for i in range(6):  # files of earlier runs, since deleted
+        idx.put(f"{tmp_path}/gone-{i}.png|1|2|3|4", "h")
+    idx.put(f"{tmp_path}/other.png|1|2|3|4", "h")  # not in this run, not deleted
+    (tmp_path / "other.png").write_bytes(b"y")
+    idx.put(f"{live}|1|2|3|4", "h")
+    idx.save(keep={f"{live}|1|2|3|4"})
+    idx = HashIndex(tmp_path)
+    assert idx.get(f"{tmp_path}/gone-0.png|1|2|3|4") is None
+    assert idx.get(f"{tmp_path}/other.png|1|2|3|4") == "h" and idx.get(f"{live}|1|2|3|4") == "h"
