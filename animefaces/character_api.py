@@ -103,12 +103,12 @@ class CharacterClassifier:
         for idx, X, names, _inputs, _files in feature_chunks(
                 self.extractor, images, on_error=on_error, progress=progress,
                 batch_size=batch_size, error_result=error_result):
-            pred = np.asarray(self.model.pipeline.predict(X), dtype=np.int64)
-            scores = self._scores(X)
-            for i, name, k, row in zip(idx, names, pred, scores):
+            # The answer is the top of the ranking (scikit-learn's predict counts one-vs-one
+            # votes only, so on a tie it could name another class than the ranking's first).
+            for i, name, row in zip(idx, names, self._scores(X)):
                 order = np.argsort(-row, kind="stable")[:TOP]
                 results[i] = CharacterPrediction(
-                    source=name, character=self.classes[int(k)],
+                    source=name, character=self.classes[int(order[0])],
                     ranking=[(self.classes[int(j)], float(row[j])) for j in order])
         return results
 
