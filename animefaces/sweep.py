@@ -246,8 +246,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         t0 = time.perf_counter()  # trust time: waiting for the guard, then the rest
         ood = ood_job.result() if ood_job is not None else None
     grid_dec = _grid_decisions(best, dec_val)
-    extras, trust, per_image = _fit_trust(cfg, pipeline, X, y, feats, progress,
-                                          decision=grid_dec, ood=ood)
+    dec = grid_dec if grid_dec is not None else {
+        s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
+    extras, trust, per_image = _fit_trust(cfg, dec, y, feats, progress, ood=ood)
     trust_seconds = time.perf_counter() - t0
     run_id = run_dir.name
     model_meta = {
@@ -381,14 +382,13 @@ def _fit_ood(cfg: SweepConfig, feats: ExtractedFeatures, cache_dir: Path) -> dic
     return {"guard": guard, "flag": flag, "reason": reason, "distance": dist, "summary": summary}
 
 
-def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFeatures,
-               progress: bool, decision: dict | None = None, ood: dict | None = None):
+def _fit_trust(cfg: SweepConfig, dec: dict, y: dict, feats: ExtractedFeatures,
+               progress: bool, ood: dict | None = None):
     """Calibrator and abstain band for the chosen model (fitted on val), their measurements on
     every split, the out-of-domain guard's results, and per-image rows for predictions.csv.
 
     Args:
-        decision: the model's decision values per split if already known (see
-            :func:`_grid_decisions`); computed from ``pipeline`` otherwise.
+        dec: the model's decision values per split, (n,) float64 each, in record order.
         ood: :func:`_fit_ood`'s result (None: the guard is off).
 
     Returns:
@@ -396,10 +396,6 @@ def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFea
     """
     from .calibration import abstain_summary, apply_band, apply_calibrator, choose_band, summarize
 
-    if decision is not None and all(s in decision for s in X if len(X[s])):
-        dec = {s: decision[s] if len(X[s]) else np.zeros(0) for s in X}
-    else:
-        dec = {s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
     cal, info, cal_summary = summarize(dec, y, method=cfg.calibration, folds=cfg.calibration_folds,
                                        n_bins=cfg.ece_bins, seed=cfg.seed)
     probs = {s: apply_calibrator(cal, d) for s, d in dec.items()}
@@ -426,8 +422,8 @@ def _fit_trust(cfg: SweepConfig, pipeline, X: dict, y: dict, feats: ExtractedFea
         _log("[sweep] out-of-domain guard: flags " + ", ".join(
             f"{s} {v['rate']:.1%}" for s, v in trust["ood"]["false_flags"].items())
              + " of the (in-domain) data", progress)
-    # Per-image rows in record order (X[s] keeps record order within a split).
-    pos = {s: 0 for s in X}
+    # Per-image rows in record order (each split's values keep record order within it).
+    pos = {s: 0 for s in dec}
     rows = []
     band_labels = {s: apply_band(probs[s], band) for s in probs}
     for i, r in enumerate(feats.records):
