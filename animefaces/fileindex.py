@@ -54,6 +54,11 @@ def stat_key(real_path: str, st: os.stat_result) -> str:
     return f"{real_path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ino}|{st.st_ctime_ns}"
 
 
+def _key_path(key: str) -> str:
+    """The real path a :func:`stat_key` was made for."""
+    return key.rsplit("|", 4)[0]
+
+
 RACY_SECONDS = 2.0
 
 
@@ -103,14 +108,14 @@ class HashIndex:
 
         known = self._known
         if keep is not None:
-            live_paths = {k.rsplit("|", 4)[0] for k in keep}
+            live_paths = {_key_path(k) for k in keep}
             known = {k: v for k, v in known.items()
-                     if k in keep or k.rsplit("|", 4)[0] not in live_paths}
+                     if k in keep or _key_path(k) not in live_paths}
             if len(known) > 2 * len(keep) + PRUNE_SLACK:
                 # Mostly other runs' files: drop the entries of files that are gone, so the
                 # index does not grow for ever (a stat each, only when it has grown this much).
                 known = {k: v for k, v in known.items()
-                         if k in keep or os.path.lexists(k.rsplit("|", 4)[0])}
+                         if k in keep or os.path.lexists(_key_path(k))}
         self._known = known
         keys = sorted(known)
         buf = io.BytesIO()

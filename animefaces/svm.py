@@ -335,12 +335,12 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
 
     The JSON carries the model file's sha256, checked on load.
     """
+    import hashlib
     import io
 
     import joblib
 
     from .cache import atomic_write_bytes, atomic_write_json
-    from .weights import sha256_file
 
     path = Path(path)
     if path.suffix == ".joblib":
@@ -349,9 +349,11 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
     joblib.dump({"format": MODEL_FORMAT, "pipeline": model.pipeline, "platt": model.platt,
                  "extras": model.extras}, buf)
     model_file = path.with_suffix(".joblib")
-    atomic_write_bytes(model_file, buf.getvalue())
+    data = buf.getvalue()
+    atomic_write_bytes(model_file, data)
+    # hashed from the bytes written, not by reading the file back
     meta = dict(model.meta, format=MODEL_FORMAT, versions=_versions(),
-                model_file=model_file.name, model_sha256=sha256_file(model_file))
+                model_file=model_file.name, model_sha256=hashlib.sha256(data).hexdigest())
     meta.pop("arrays", None)
     # The same model without pickle (see animefaces.safemodel), preferred by load_model.
     from .safemodel import npz_bytes, split_extras, to_arrays
@@ -365,8 +367,9 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
     if packed is not None:
         info, arrays = packed
         arrays_file = path.with_suffix(".npz")
-        atomic_write_bytes(arrays_file, npz_bytes(dict(arrays, **extra_arrays)))
-        meta["arrays"] = dict(info, file=arrays_file.name, sha256=sha256_file(arrays_file),
+        data = npz_bytes(dict(arrays, **extra_arrays))
+        atomic_write_bytes(arrays_file, data)
+        meta["arrays"] = dict(info, file=arrays_file.name, sha256=hashlib.sha256(data).hexdigest(),
                               platt=list(model.platt), extras=extras_json)
     atomic_write_json(path.with_suffix(".json"), meta)
     model.meta = meta
