@@ -79,16 +79,36 @@ def _fit_isotonic(s, y) -> dict:
     return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
 
+# Isotonic regression needs errors to learn from: on a val split the model (almost) separates, it
+# fits a step from exactly 0 to exactly 1, and every image of an unseen anime on the wrong side
+# then shows P = 0.000 or 1.000. ``auto`` therefore considers isotonic only with at least this
+# many val errors (misclassified at decision 0); below that, Platt's two parameters.
+ISOTONIC_MIN_ERRORS = 10
+
+
+def _clip_range(y) -> list[float]:
+    """The most confident P that ``n`` val images can back: Laplace's (n + 1) / (n + 2).
+
+    A calibrator fitted on a val split with no errors would otherwise claim certainty (P exactly
+    0 or 1) for any image far from the boundary, including images of anime never seen.
+    """
+    n = len(y)
+    return [1.0 / (n + 2), (n + 1.0) / (n + 2)]
+
+
 def apply_calibrator(cal: dict, decision) -> np.ndarray:
-    """P(face) for SVM decision values, (n,) float64."""
+    """P(face) for SVM decision values, (n,) float64, inside the calibrator's ``clip`` range."""
     s = np.asarray(decision, np.float64)
     if cal["method"] == "platt":
         z = np.clip(cal["a"] * s + cal["b"], -500, 500)
-        return 1.0 / (1.0 + np.exp(z))
-    if cal["method"] == "isotonic":
+        p = 1.0 / (1.0 + np.exp(z))
+    elif cal["method"] == "isotonic":
         # The same piecewise-linear map (clipped at both ends) as IsotonicRegression.predict.
-        return np.interp(s, np.asarray(cal["x"]), np.asarray(cal["y"]))
-    raise ValueError(f"unknown calibrator {cal.get('method')!r}; choose one of: platt, isotonic")
+        p = np.interp(s, np.asarray(cal["x"]), np.asarray(cal["y"]))
+    else:
+        raise ValueError(f"unknown calibrator {cal.get('method')!r}; choose one of: platt, isotonic")
+    lo, hi = cal.get("clip", (0.0, 1.0))
+    return np.clip(p, lo, hi)
 
 
 _FITTERS = {"platt": _fit_platt, "isotonic": _fit_isotonic}
@@ -134,9 +154,14 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
     y = np.asarray(y)
     oof = {m: out_of_fold(s, y, method=m, folds=folds, seed=seed) for m in ("platt", "isotonic")}
     cv = {m: (brier(o, y) if o is not None else None) for m, o in oof.items()}
+    errors = int(np.sum((s > 0) != (y == 1)))
     if method == "auto":
         if oof["platt"] is None:
             chosen, why = "platt", f"val too small to cross-validate ({folds} folds); Platt (2 parameters) by default"
+        elif errors < ISOTONIC_MIN_ERRORS:
+            chosen, why = "platt", (f"{errors} val error(s), fewer than the {ISOTONIC_MIN_ERRORS} "
+                                    f"isotonic needs (it would map a separable val split to 0 / 1); "
+                                    f"Platt (2 parameters)")
         else:
             d = (oof["isotonic"] - y) ** 2 - (oof["platt"] - y) ** 2
             se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
@@ -149,8 +174,12 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
                                         f"{cv['platt']:.5f}, SE {se:.5f})")
     else:
         chosen, why = method, "set in the config"
-    cal = _FITTERS[chosen](s, y)
-    return cal, {"method": chosen, "reason": why, "folds": folds, "cv_brier": cv, "oof": oof[chosen]}
+    cal = dict(_FITTERS[chosen](s, y), clip=_clip_range(y))
+    chosen_oof = oof[chosen]
+    if chosen_oof is not None:
+        chosen_oof = np.clip(chosen_oof, *cal["clip"])
+    return cal, {"method": chosen, "reason": why, "folds": folds, "cv_brier": cv,
+                 "val_errors": errors, "oof": chosen_oof}
 
 
 def evaluate(decision: dict, y: dict, cal: dict, *, n_bins: int = 15,

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,7 +34,7 @@ from . import __version__
 from .backbones import BackboneSpec, get_backbone
 from .errors import BadImageError, ConfigError
 from .imageio import DEFAULT_MAX_PIXELS, as_rgb_image, open_image, resize_to_array
-from .perf import cpu_has_bf16, tune_allocator, usable_cpus
+from .perf import cpu_flags, cpu_has_bf16, tune_allocator, usable_cpus
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 # More streams multiply activation memory (one batch each) for little gain past a few cores.
@@ -128,36 +129,40 @@ _CPU_DEFAULTS: dict[str, ExtractSettings] = {
 }
 _CPU_FALLBACK = ExtractSettings("fp32", True, 16, 0)
 
-# CPU defaults where the CPU has bf16 units (AVX512-BF16 or AMX: the project's Zen 4 machine kind
-# in ../shared/notes/cpu-perf.md). Not measured on the project's own (AVX2) machines: taken from
-# those notes, where bf16 autocast + channels_last was the fastest mode for every backbone
-# (1.9-2.8x fp32 NCHW: vgg16 14.3 vs 6.3 img/s, alexnet 315 vs 133, googlenet 98 vs 29,
-# mobilenet_v2 235 vs 113) and batch 64 beat 16 by 1-19%. NNPACK has no bf16 path, so VGG uses
-# oneDNN here. Accuracy: on the shared data, RBF-SVM accuracy on bf16 MobileNetV2 features
-# (real weights) stayed within 0.34 points of fp32 on val / test / distinct (measured here on
-# torch's reference bf16 path, which is slow but computes bf16 too; benchmarks/RESULTS.md);
-# tests/test_perf.py checks it again on any CPU with bf16 units. `animefaces bench` on such a
-# machine shows whether these are still the winners.
-_CPU_BF16_DEFAULTS: dict[str, ExtractSettings] = {
-    name: ExtractSettings("bf16", True, 64, 0)
-    for name in ("mobilenet_v2", "alexnet", "vgg16", "vgg19", "vggface", "googlenet", "inception_v3")
-}
+# Precision is fp32 on every CPU by default, bf16 units or not. bf16 autocast is 1.9-2.8x faster
+# on CPUs with bf16 units (AVX512-BF16 or AMX; ../shared/notes/cpu-perf.md), but its features
+# differ from fp32 by 0.3-3.4%, and that was enough to change what a sweep chose: on the mini set a
+# bf16 CPU picked poly-10 with an isotonic calibrator where an AVX2 CPU picked RBF with Platt, and
+# its out-of-domain catch fell from 54/60 to 53/60. The same command must give the same answers
+# on any x86-64 CPU, so bf16 is an explicit opt-in (``--precision bf16``), cached separately
+# (precision is part of the cache fingerprint), and named in every report. Layout, conv engine
+# and batch size do not change the features (fp32 to ~1e-6), so those may differ by CPU kind:
+# ``_CPU_AVX512_DEFAULTS`` holds where the fastest fp32 mode on AVX-512 CPUs differs from the
+# AVX2 table above (measured with `animefaces bench`; benchmarks/RESULTS.md).
+_CPU_AVX512_DEFAULTS: dict[str, ExtractSettings] = {}
+# What ``--precision bf16`` runs: bf16 autocast + channels_last at batch 64 was the fastest mode
+# for every CNN in the notes (NNPACK has no bf16 path, so VGG uses oneDNN).
+BF16_SETTINGS = ExtractSettings("bf16", True, 64, 0)
+
+
+def _cpu_has_avx512() -> bool:
+    return "avx512f" in cpu_flags()
 
 
 def default_settings(spec: BackboneSpec, device) -> ExtractSettings:
     """Per-backbone defaults for ``device``.
 
-    CPU: the measured winners in ``_CPU_DEFAULTS`` (fp32, channels_last, batch 16-32, decode in
-    threads of this process); backbones registered later get ``_CPU_FALLBACK``. CPUs with bf16
-    units get ``_CPU_BF16_DEFAULTS`` (bf16 autocast + channels_last, batch 64) for the CNNs. CUDA (not
-    measured on the project's machines): fp16 autocast, channels_last, batch 128, DataLoader
-    decode workers (one per core, at most 8) so the GPU never waits for Pillow.
+    CPU: fp32 on every CPU (see the comment above ``_CPU_AVX512_DEFAULTS``: the same answers on
+    every x86-64 CPU), with the measured fastest layout / engine / batch in ``_CPU_DEFAULTS``
+    (AVX2) or ``_CPU_AVX512_DEFAULTS``; backbones registered later get ``_CPU_FALLBACK``. CUDA
+    (not measured on the project's machines): fp16 autocast, channels_last, batch 128,
+    DataLoader decode workers (one per core, at most 8) so the GPU never waits for Pillow.
     """
     if device.type == "cuda":
         return ExtractSettings(precision="fp16", channels_last=True, batch_size=128,
                                num_workers=min(8, usable_cpus()))
-    if _cpu_has_bf16() and spec.name in _CPU_BF16_DEFAULTS:
-        return _CPU_BF16_DEFAULTS[spec.name]
+    if _cpu_has_avx512() and spec.name in _CPU_AVX512_DEFAULTS:
+        return _CPU_AVX512_DEFAULTS[spec.name]
     return _CPU_DEFAULTS.get(spec.name, _CPU_FALLBACK)
 
 
@@ -277,8 +282,16 @@ class FeatureExtractor:
         d = default_settings(self.spec, self.device)
         if precision == "auto":
             precision = d.precision
-        if precision == "bf16" and self.device.type == "cpu" and not _cpu_has_bf16():
-            precision = "fp32"  # no bf16 units: bf16 would be far slower and less exact
+        if precision == "bf16" and self.device.type == "cpu":
+            if _cpu_has_bf16():
+                # the opt-in runs the mode it was measured in, unless a batch / layout is given
+                d = BF16_SETTINGS
+            else:
+                # Without bf16 units torch runs bf16 on a slow reference path (~1/10 of fp32).
+                warnings.warn("precision bf16 asked for, but this CPU has no bf16 units "
+                              "(avx512_bf16 / amx_bf16 in /proc/cpuinfo): bf16 would run ~10x "
+                              "slower than fp32 here, so fp32 is used", stacklevel=2)
+                precision = "fp32"
         if precision == "fp16" and self.device.type == "cpu":
             raise ConfigError("precision fp16 needs a CUDA device; on CPU use fp32 or bf16")
         cl = d.channels_last if channels_last is None else channels_last

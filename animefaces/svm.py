@@ -154,22 +154,24 @@ def refit(params: dict, X_train: np.ndarray, y_train: np.ndarray, *, scaling="l2
 
 def accuracy_se(acc: float, n: int) -> float:
     """Standard error of an accuracy measured on ``n`` samples (Laplace-smoothed, so a perfect
-    score still has a non-zero error bar)."""
+    score still has a non-zero error bar), never less than one sample (``1 / n``): a difference
+    of one image is never evidence."""
     if n <= 0:
         return 0.0
     p = (acc * n + 1) / (n + 2)
-    return float(np.sqrt(p * (1 - p) / n))
+    return float(max(np.sqrt(p * (1 - p) / n), 1.0 / n))
 
 
 def one_se_pick(items, *, acc, n: int):
     """The one-standard-error rule (Breiman et al. 1984; Hastie et al., ESL 7.10): every item whose
     accuracy is within one standard error of the best counts as tied, and the first of them wins,
     so list items from simplest / most regularised to most complex (config order: smaller C
-    first). With near-perfect val scores, plain arg-max picks by noise; this picks by design."""
+    first). The error bar is :func:`accuracy_se`: Laplace-smoothed with a one-image floor, so a
+    perfect val score (plain binomial SE 0) still ties with one that misses one image."""
     items = list(items)
     best = max(acc(i) for i in items)
     tol = accuracy_se(best, n)
-    return next(i for i in items if acc(i) >= best - tol - 1e-12)
+    return next(i for i in items if acc(i) >= best - tol - 1e-9)
 
 
 def select_per_row(results: list[FitResult], *, on: str = "val", n: int = 0) -> dict[str, FitResult]:

@@ -59,27 +59,34 @@ def test_bf16_is_never_chosen_without_bf16_units(monkeypatch):
     from animefaces import extract
 
     monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: False)
-    fx = FeatureExtractor("tiny", weights="random", device="cpu", precision="bf16")
+    with pytest.warns(UserWarning, match="no bf16 units"):
+        fx = FeatureExtractor("tiny", weights="random", device="cpu", precision="bf16")
     assert fx.settings.precision == "fp32"
 
 
-def test_cpus_with_bf16_units_default_to_bf16_channels_last(monkeypatch):
-    """On a CPU with bf16 units (the notes' Zen 4) the CNNs run bf16 autocast + channels_last at
-    batch 64 (VGG leaves NNPACK, which has no bf16 path); an explicit fp32 still wins."""
+@pytest.mark.parametrize("bf16_units", [False, True])
+@pytest.mark.parametrize("avx512", [False, True])
+def test_cpu_default_is_fp32_on_every_cpu_kind(monkeypatch, bf16_units, avx512):
+    """Same answers on every x86-64 CPU: the default precision is fp32 with or without bf16 units
+    (AVX2 Zen 3 and AVX512-BF16 Zen 4 alike); bf16 is an explicit opt-in with its own cache entry."""
     from animefaces import extract
 
-    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: True)
-    for name in ("vgg16", "mobilenet_v2"):
+    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: bf16_units)
+    monkeypatch.setattr(extract, "_cpu_has_avx512", lambda: avx512)
+    import torch
+
+    for name in list_backbones(include_test=True):
+        d = default_settings(get_backbone(name), torch.device("cpu"))
+        assert d.precision == "fp32", (name, d)
+    for name in ("tiny", "vgg16", "mobilenet_v2"):
         fx = FeatureExtractor(name, weights="random", device="cpu")
-        assert fx.settings == ExtractSettings("bf16", True, 64, 0, "onednn"), (name, fx.settings)
-    assert FeatureExtractor("vgg16", weights="random", device="cpu",
-                            precision="fp32").settings.precision == "fp32"
-    # Features of another precision are another cache entry.
-    a = FeatureExtractor("tiny", weights="random", device="cpu", precision="bf16")
-    b = FeatureExtractor("tiny", weights="random", device="cpu", precision="fp32")
-    assert a.fingerprint != b.fingerprint
-    monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: False)
-    assert FeatureExtractor("vgg16", weights="random", device="cpu").settings.precision == "fp32"
+        assert fx.settings.precision == "fp32", (name, fx.settings)
+    if bf16_units:
+        fx = FeatureExtractor("vgg16", weights="random", device="cpu", precision="bf16")
+        assert fx.settings == extract.BF16_SETTINGS  # oneDNN: NNPACK has no bf16 path
+        a = FeatureExtractor("tiny", weights="random", device="cpu", precision="bf16")
+        b = FeatureExtractor("tiny", weights="random", device="cpu")
+        assert a.settings.precision == "bf16" and a.fingerprint != b.fingerprint
 
 
 @pytest.mark.parametrize("backbone", [
@@ -265,8 +272,13 @@ def test_bf16_features_keep_svm_accuracy_on_real_data(tmp_path):
         assert abs(acc["bf16"][s] - acc["fp32"][s]) <= 0.005, acc
 
 
-def test_nnpack_engine_gives_the_same_features_and_restores_onednn():
+def test_nnpack_engine_gives_the_same_features_and_restores_onednn(monkeypatch):
     import torch
+
+    from animefaces import extract
+
+    # The AVX2 defaults (VGG on NNPACK), whatever this CPU is.
+    monkeypatch.setattr(extract, "_cpu_has_avx512", lambda: False)
 
     rng = np.random.default_rng(2)
     imgs = [face_image(rng, 64), noface_image(rng, 64), face_image(rng, 72)]
