@@ -1,7 +1,7 @@
 """The command line: a thin layer over the Python API (parse, call, print).
 
     animefaces backbones
-    animefaces extract --model vgg16 --data DIR_OR_MANIFEST
+    animefaces extract --backbone vgg16 --data DIR_OR_MANIFEST
     animefaces sweep --data DIR_OR_MANIFEST [--config paper]
     animefaces predict FILES_OR_DIRS --model models/best [--format csv|json]
 """
@@ -63,7 +63,15 @@ def cmd_backbones(args) -> int:
 def cmd_extract(args) -> int:
     from .sweep import extract_dataset
 
-    feats = extract_dataset(args.data, backbone=args.model, weights=args.weights,
+    backbone = args.backbone
+    if args.model_alias:
+        print("warning: `extract --model` is deprecated: use --backbone (--model names a trained "
+              "classifier everywhere else)", file=sys.stderr)
+        if backbone and backbone != args.model_alias:
+            raise AnimeFacesError(f"--backbone {backbone} and --model {args.model_alias} disagree; "
+                                  f"give only --backbone")
+        backbone = backbone or args.model_alias
+    feats = extract_dataset(args.data, backbone=backbone or "mobilenet_v2", weights=args.weights,
                             cache_dir=args.cache_dir, device=args.device, precision=args.precision,
                             pooling=args.pooling, batch_size=args.batch_size,
                             skip_bad=args.skip_bad, progress=not args.quiet,
@@ -88,7 +96,15 @@ def cmd_sweep(args) -> int:
         from .character import run_character_sweep
 
         groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
-        res = run_character_sweep(args.data, config=args.config, groups=groups,
+        config = args.config
+        overrides = {k: v for k in ("precision", "pooling", "batch_size")
+                     if (v := getattr(args, k)) is not None}
+        if overrides:
+            from .config import load_config
+            from .sweep import _with_features
+
+            config = _with_features(load_config(config), overrides)
+        res = run_character_sweep(args.data, config=config, groups=groups,
                                   min_per_class=args.min_per_class, backbones=backbones,
                                   weights=_weights_arg(args.weights), device=args.device,
                                   out_dir=args.out, cache_dir=args.cache_dir,
@@ -99,10 +115,37 @@ def cmd_sweep(args) -> int:
     res = run_sweep(args.data, config=args.config, backbones=backbones,
                     weights=_weights_arg(args.weights), device=args.device, out_dir=args.out,
                     models_dir=args.models_dir, cache_dir=args.cache_dir,
-                    skip_bad=True if args.skip_bad else None, progress=not args.quiet)
-    print((res.run_dir / "report.md").read_text())
-    print(f"Reports: {res.run_dir}\nBest model: {res.best_model} (also models/best)")
+                    skip_bad=True if args.skip_bad else None, precision=args.precision,
+                    pooling=args.pooling, batch_size=args.batch_size, progress=not args.quiet)
+    print(_sweep_summary(res.results, res.run_dir))
     return 0
+
+
+def _sweep_summary(results: dict, run_dir) -> str:
+    """A few lines for the console: the chosen model and its numbers, how the features were
+    computed, what was skipped, where the reports and the model are (report.md has the rest)."""
+    from .report import runtime_line
+
+    best = results["best"]
+    acc = best.get("accuracy", {})
+    lines = [f"Chosen on val: {best['backbone']} {best['kernel']} ("
+             + ", ".join(f"{k}={v}" for k, v in best.get("params", {}).items()) + ")",
+             "  accuracy: " + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())]
+    if results.get("runtime"):
+        lines.append("  features: " + runtime_line(results["runtime"]))
+    skipped = [n for n, i in results.get("backbones", {}).items() if i.get("status") != "ok"]
+    if skipped:
+        lines.append(f"  skipped (no weights here): {', '.join(skipped)}; "
+                     f"`animefaces backbones -v` says where to put each file")
+    if results.get("bad_files"):
+        lines.append(f"  {len(results['bad_files'])} unreadable image(s) left out: see bad_files.csv")
+    lines.append(f"Reports: {run_dir}/report.md (Table 1 / Table 2), report.html")
+    lines.append(f"Model:   {best['model']}")
+    also = best.get("also_saved_as")
+    if also:
+        lines.append(f"         also {also}")
+    lines.append(f"Use it:  animefaces predict FRAMES --model {also or best['model']}")
+    return "\n".join(lines)
 
 
 def cmd_predict(args) -> int:
@@ -193,10 +236,22 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=cmd_backbones)
 
     def add_feature_opts(sp):
-        sp.add_argument("--cache-dir", default=None if sp.prog.endswith("sweep") else "features",
+        # The same names and meaning on extract and sweep; on sweep, unset means "the config's".
+        sweep = sp.prog.endswith("sweep")
+        sp.add_argument("--cache-dir", default=None if sweep else "features",
                         help="feature cache folder (default: features/)")
-        sp.add_argument("--device", default=None if sp.prog.endswith("sweep") else "auto",
+        sp.add_argument("--device", default=None if sweep else "auto",
                         help="auto (CUDA if present), cpu, cuda, cuda:N")
+        sp.add_argument("--precision", default=None if sweep else "auto",
+                        choices=["auto", "fp32", "bf16", "fp16"],
+                        help="auto: fp32 on every CPU (the same answers on any CPU), fp16 on CUDA; "
+                             "bf16: ~2x faster on CPUs with bf16 units, slightly different "
+                             "features (cached separately)")
+        sp.add_argument("--pooling", default=None if sweep else "auto",
+                        choices=["auto", "max", "avg", "maxavg"],
+                        help="spatial pooling of the feature map (auto: the backbone's default)")
+        sp.add_argument("--batch-size", type=int, default=None,
+                        help="images per forward pass (default: the backbone's measured best)")
         sp.add_argument("--skip-bad", action="store_true",
                         help="leave unreadable images out (listed in the output) instead of stopping")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
@@ -205,17 +260,15 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Extract pooled CNN features for every image of a dataset into "
                                    "the feature cache. Already cached images (by content hash) are "
                                    "not recomputed; an interrupted run resumes.")
-    e.add_argument("--model", "--backbone", dest="model", default="mobilenet_v2",
+    e.add_argument("--backbone", dest="backbone", default=None,
                    help="backbone name (see `animefaces backbones`; default mobilenet_v2)")
+    # --model meant the backbone here but the trained classifier everywhere else
+    e.add_argument("--model", dest="model_alias", default=None, help=argparse.SUPPRESS)
     e.add_argument("--data", required=True, help="manifest CSV (path,label,split[,group]) or folder tree")
     e.add_argument("--weights", default=None,
                    help="weights file for the backbone, or 'random' (tests only)")
-    e.add_argument("--batch-size", type=int, default=None, help="images per forward pass")
-    e.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     e.add_argument("--checkpoint-every", type=int, default=256, metavar="N",
                    help="save finished features every N images (an interrupted run resumes there)")
-    e.add_argument("--pooling", default="auto", choices=["auto", "max", "avg", "maxavg"],
-                   help="spatial pooling of the feature map (auto: the backbone's default)")
     add_feature_opts(e)
     e.set_defaults(func=cmd_extract)
 

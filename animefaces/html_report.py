@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import AnimeFacesError
+from .report import runtime_line
 
 SPLIT_ORDER = ("train", "val", "test", "distinct")
 COLOURS = {"train": "#7f7f7f", "val": "#1f77b4", "test": "#2ca02c", "distinct": "#d62728"}
@@ -365,7 +366,10 @@ def build_html(run_dir: os.PathLike | str, results: dict | None = None) -> str:
              + _esc(", ".join(f"{s} {_fmt(a)}" for s, a in _by_split(best.get("accuracy", {})))) + "</li>",
              f"<li>model: <code>{_esc(best.get('model'))}</code></li>",
              f"<li>config: <code>{_esc(results.get('config_source'))}</code>; scaling "
-             f"{_esc(results.get('scaling'))}</li>", "</ul>",
+             f"{_esc(results.get('scaling'))}</li>",
+             *([f"<li>features computed with: {_esc(runtime_line(results['runtime']))}</li>"]
+               if results.get("runtime") else []),
+             "</ul>",
              _tables_1_2(results)]
     if pred_path.is_file():
         pred = read_predictions(pred_path)

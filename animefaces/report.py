@@ -92,12 +92,26 @@ def table2_markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+def runtime_line(rt: dict) -> str:
+    """``precision fp32, device cpu (AMD EPYC ..., AVX2, no bf16 units), batch 16`` for reports."""
+    cpu = rt.get("cpu") or {}
+    where = rt.get("device", "?")
+    if str(where).startswith("cpu") and cpu:
+        kind = "AVX512-BF16" if cpu.get("bf16_units") else ("AVX-512" if cpu.get("avx512f") else
+                                                            "AVX2" if cpu.get("avx2") else "no AVX2")
+        where = f"{where} ({cpu.get('model') or 'unknown CPU'}, {kind})"
+    return (f"precision {rt.get('precision')}, device {where}, batch {rt.get('batch_size')}, "
+            f"pooling {rt.get('pooling')}")
+
+
 def summary_markdown(results: dict) -> str:
     best = results.get("best") or {}
     data = results["data"]
     out = [f"# animefaces sweep {results['run_id']}", "",
            f"- data: `{data['source']}` ({', '.join(f'{s}: ' + ', '.join(f'{k} {v}' for k, v in c.items()) for s, c in data['counts'].items())})",
            f"- config: `{results['config_source']}`; feature scaling: **{results['scaling']}**",
+           *([f"- features computed with: {runtime_line(results['runtime'])}"]
+             if results.get("runtime") else []),
            f"- best on val (never test): **{best.get('backbone')} {best.get('kernel')}** "
            f"({_params_str(best.get('params', {}))}) -> "
            + ", ".join(f"{s} {_fmt(a)}" for s, a in best.get("accuracy", {}).items()),

@@ -106,6 +106,15 @@ def _backbones_to_run(cfg: SweepConfig, override) -> list[str]:
     return list(cfg.backbones)
 
 
+def _with_features(cfg: SweepConfig, overrides: dict) -> SweepConfig:
+    """``cfg`` with ``[features]`` keys replaced, validated as if they were in the TOML."""
+    from .config import config_from_dict
+
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in cfg.raw.items()}
+    raw.setdefault("features", {}).update(overrides)
+    return config_from_dict(raw, source=cfg.source)
+
+
 def _new_run_dir(root: Path, stem: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = root / f"{stamp}-{stem}"
@@ -121,7 +130,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
               backbones: list[str] | None = None, weights: dict[str, str] | str | None = None,
               device: str | None = None, out_dir: os.PathLike | None = None,
               models_dir: os.PathLike | None = None, cache_dir: os.PathLike | None = None,
-              skip_bad: bool | None = None, progress: bool = True) -> SweepResult:
+              skip_bad: bool | None = None, precision: str | None = None,
+              pooling: str | None = None, batch_size: int | None = None,
+              progress: bool = True) -> SweepResult:
     """Run the whole method on a dataset and write Table 1 / Table 2.
 
     Args:
@@ -130,7 +141,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         config: a :class:`SweepConfig`, a TOML path, a built-in name (``paper``) or None (default).
         backbones: override the config's backbone list.
         weights: ``{backbone: path_or_"random"}``, or one value for every backbone.
-        device, cache_dir, skip_bad: override the config.
+        device, cache_dir, skip_bad, precision, pooling, batch_size: override the config's
+            ``[features]`` (same names and meaning as ``animefaces extract``).
         out_dir: reports root (default: the config's ``reports_dir``); a run folder is made in it.
         models_dir: where the best model is saved (default: the config's ``models_dir``).
 
@@ -147,6 +159,10 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
 
     t_start = time.perf_counter()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    overrides = {k: v for k, v in (("precision", precision), ("pooling", pooling),
+                                   ("batch_size", batch_size)) if v is not None}
+    if overrides:
+        cfg = _with_features(cfg, overrides)
     device = device or cfg.device
     cache_dir = Path(cache_dir or cfg.cache_dir)
     skip_bad = cfg.skip_bad if skip_bad is None else skip_bad
@@ -181,7 +197,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                                 pooling=cfg.pooling, batch_size=cfg.batch_size)
         except (WeightsNotFoundError, WeightsMismatchError) as exc:
             backbone_info[name] = {"status": "skipped", "reason": str(exc)}
-            _log(f"[sweep] skip {name}: {exc}", progress)
+            # one line here; the full fix is in report.md and `animefaces backbones -v`
+            _log(f"[sweep] skip {name}: {_first_clause(exc)}", progress)
             continue
         feats = extract_dataset(ds, extractor=fx, cache_dir=cache_dir, skip_bad=skip_bad,
                                 progress=progress)
@@ -270,6 +287,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         "config_source": cfg.source,
         "config": cfg.raw,
         "scaling": cfg.scaling,
+        # how the chosen backbone's features were computed (same answers need the same precision)
+        "runtime": _runtime(feats.meta),
         "data": {"source": ds.source, "layout": ds.layout, "counts": ds.counts(), "notes": ds.notes},
         "backbones": backbone_info,
         "kernels": [r for r, _, _ in rows],
@@ -314,6 +333,35 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
          + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
          + f"; model {model_path}", progress)
     return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
+
+
+def _first_clause(exc: Exception) -> str:
+    """The first clause of a (long) error message, for one console line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for sep in ("; ", ": put", ". "):
+        if sep in text[20:]:
+            text = text[:20 + text[20:].index(sep)]
+            break
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
+def _runtime(meta: dict) -> dict:
+    from .perf import cpu_flags, cpu_has_bf16
+
+    cpu = {}
+    if str(meta.get("device", "cpu")).startswith("cpu"):
+        flags = cpu_flags()
+        model = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+        except OSError:
+            pass
+        cpu = {"model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+               "bf16_units": cpu_has_bf16()}
+    return {"precision": meta.get("precision"), "device": meta.get("device"),
+            "batch_size": meta.get("batch_size"), "pooling": meta.get("pooling"),
+            "channels_last": meta.get("channels_last"), "cpu": cpu}
 
 
 def _data_root(ds: Dataset) -> Path:

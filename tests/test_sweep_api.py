@@ -167,7 +167,7 @@ def test_tampered_or_mismatched_model_is_refused(swept):
 
 
 def test_extract_without_weights_fails_with_fix(tmp_path, tiny_dataset, capsys):
-    code = main(["extract", "--model", "vgg16", "--data", str(tiny_dataset), "--cache-dir", str(tmp_path / "f")])
+    code = main(["extract", "--backbone", "vgg16", "--data", str(tiny_dataset), "--cache-dir", str(tmp_path / "f")])
     err = capsys.readouterr().err
     assert code != 0 and "vgg16-397923af.pth" in err and "--weights" in err and "Traceback" not in err
 
@@ -175,7 +175,7 @@ def test_extract_without_weights_fails_with_fix(tmp_path, tiny_dataset, capsys):
 def test_extract_skip_bad_lists_files(tmp_path, tiny_dataset, capsys):
     bad = tiny_dataset.parent / "images" / "train-face-0.png"
     bad.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
-    args = ["extract", "--model", "tiny", "--weights", "random", "--data", str(tiny_dataset),
+    args = ["extract", "--backbone", "tiny", "--weights", "random", "--data", str(tiny_dataset),
             "--cache-dir", str(tmp_path / "f"), "-q"]
     assert main(args) == 2
     assert "train-face-0.png" in capsys.readouterr().err
@@ -214,7 +214,7 @@ def test_precomputed_grid_matches_plain_svc(rng):
 def test_extract_killed_midway_resumes(tmp_path):
     data = make_dataset(tmp_path / "big", n_per_class=(400, 50, 50, 0), fmt="png")
     cache = tmp_path / "cache"
-    cmd = [sys.executable, "-m", "animefaces.cli", "extract", "--model", "tiny", "--weights", "random",
+    cmd = [sys.executable, "-m", "animefaces.cli", "extract", "--backbone", "tiny", "--weights", "random",
            "--data", str(data), "--cache-dir", str(cache), "--batch-size", "8", "--checkpoint-every", "64", "-q"]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 120
@@ -263,3 +263,39 @@ def test_trust_reuses_grid_decisions_only_when_they_match_the_saved_model(swept)
     assert _grid_decisions(fake, np.array([0.5, -1.0 + 1e-9]))["train"][0] == 1.0
     assert _grid_decisions(fake, np.array([0.5, -0.9])) is None
     assert _grid_decisions(fake, np.array([0.5])) is None
+
+
+def test_sweep_takes_the_feature_flags_of_extract_and_names_them(tmp_path, tiny_dataset, capsys):
+    """sweep --precision / --pooling / --batch-size / --device mean what they mean on extract,
+    and the console, report.md and results.json say what the features were computed with."""
+    rc = main(["sweep", "--data", str(tiny_dataset), "--config", str(tiny_config(tmp_path)),
+               "--weights", "random", "--precision", "fp32", "--pooling", "avg",
+               "--batch-size", "4", "--device", "cpu", "-q"])
+    out = capsys.readouterr().out
+    assert rc == 0, out
+    assert "precision fp32" in out and "batch 4" in out and "pooling avg" in out
+    assert "Chosen on val: tiny" in out and "Reports:" in out
+    assert "## Table 1" not in out  # the whole report.md stays in the file
+    run = next((tmp_path / "reports").iterdir())
+    rt = json.loads((run / "results.json").read_text())["runtime"]
+    assert (rt["precision"], rt["batch_size"], rt["pooling"], rt["device"]) == ("fp32", 4, "avg", "cpu")
+    assert "precision fp32, device cpu" in (run / "report.md").read_text()
+    assert "precision fp32, device cpu" in (run / "report.html").read_text()
+    with pytest.raises(SystemExit) as exc:
+        main(["sweep", "--data", str(tiny_dataset), "--precision", "fp8"])
+    assert exc.value.code == 2
+    assert "invalid choice" in capsys.readouterr().err
+
+
+def test_extract_model_flag_is_a_deprecated_alias_of_backbone(tmp_path, tiny_dataset, capsys):
+    args = ["extract", "--weights", "random", "--data", str(tiny_dataset),
+            "--cache-dir", str(tmp_path / "f"), "-q"]
+    assert main(args + ["--model", "tiny"]) == 0
+    captured = capsys.readouterr()
+    assert "deprecated" in captured.err and "--backbone" in captured.err
+    assert captured.out.startswith("tiny:")
+    assert main(args + ["--backbone", "tiny"]) == 0
+    captured = capsys.readouterr()
+    assert "deprecated" not in captured.err and captured.out.startswith("tiny:")
+    assert main(args + ["--backbone", "tiny", "--model", "vgg16"]) == 2
+    assert "disagree" in capsys.readouterr().err
