@@ -104,13 +104,14 @@ def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
 
 
 def feature_chunks(fx, images, *, on_error: str, progress: bool, batch_size: int | None,
-                   error_result):
+                   error_result, cache_dir: os.PathLike | str | None = None):
     """Features of mixed inputs (paths, PIL images, arrays), in input order within each chunk.
 
     Paths go through the extractor's file pipeline (hashing, batched decode) in one chunk;
     in-memory images in chunks of 4 batches, so only one chunk is held as RGB copies at a time.
     Unreadable inputs raise (``on_error="raise"``) or are handed to ``error_result(i, source,
-    reason)``.
+    reason)``. With ``cache_dir``, file features come from (and go to) the feature cache that
+    ``animefaces extract`` / ``sweep`` fill, so images seen before are not run through the CNN.
 
     Yields:
         (indices into ``images``, features (n, d), source names, inputs, inputs_are_files)
@@ -123,7 +124,9 @@ def feature_chunks(fx, images, *, on_error: str, progress: bool, batch_size: int
     path_idx = [i for i, p in enumerate(is_path) if p]
     mem_idx = [i for i, p in enumerate(is_path) if not p]
     if path_idx:
-        cache = FeatureCache(None, fx.fingerprint, meta={}, name=fx.spec.name)
+        cache = (FeatureCache(cache_dir, fx.fingerprint, meta=fx.describe(), name=fx.spec.name)
+                 if cache_dir is not None else FeatureCache(None, fx.fingerprint, meta={},
+                                                            name=fx.spec.name))
         paths = [Path(images[i]) for i in path_idx]
         X, keys, bad = fx.extract_files(paths, cache=cache, skip_bad=on_error == "report",
                                         progress=progress)
@@ -160,8 +163,9 @@ class FaceClassifier:
     """
 
     def __init__(self, model, extractor, *, threshold: float = 0.5, path: Path | None = None,
-                 abstain="auto", ood: bool = True):
+                 abstain="auto", ood: bool = True, cache_dir: os.PathLike | str | None = None):
         self.model = model
+        self.cache_dir = cache_dir
         self.extractor = extractor
         self.threshold = threshold
         self.path = path
@@ -175,7 +179,7 @@ class FaceClassifier:
     @classmethod
     def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
              batch_size: int | None = None, threshold: float = 0.5, abstain="auto",
-             ood: bool = True) -> "FaceClassifier":
+             ood: bool = True, cache_dir: os.PathLike | str | None = None) -> "FaceClassifier":
         """Load a model saved by ``animefaces sweep`` (default: ``models/best``, or the
         ``ANIMEFACES_MODEL`` environment variable).
 
@@ -191,6 +195,9 @@ class FaceClassifier:
                 None / False (always answer), a ``(lo, hi)`` pair (unsure when lo < P(face) <
                 hi), or a string ``"lo,hi"`` (as on the command line).
             ood: apply the out-of-domain guard saved with the model (label ``out_of_domain``).
+            cache_dir: a feature cache folder (e.g. ``"features"``, as filled by ``animefaces
+                extract`` / ``sweep``): features of files already there are reused and new ones
+                are added. None (default): nothing is written to disk.
 
         Raises:
             ModelMismatchError: the backbone's weights or preprocessing differ from training.
@@ -198,7 +205,8 @@ class FaceClassifier:
         path = path or os.environ.get("ANIMEFACES_MODEL") or DEFAULT_MODEL
         model, fx, model_file = load_with_extractor(path, task="face", device=device,
                                                     weights=weights, batch_size=batch_size)
-        return cls(model, fx, threshold=threshold, path=model_file, abstain=abstain, ood=ood)
+        return cls(model, fx, threshold=threshold, path=model_file, abstain=abstain, ood=ood,
+                   cache_dir=cache_dir)
 
     @property
     def backbone(self) -> str:
@@ -229,7 +237,7 @@ class FaceClassifier:
 
         for idx, X, names, inputs, files in feature_chunks(
                 self.extractor, images, on_error=on_error, progress=progress,
-                batch_size=batch_size, error_result=error_result):
+                batch_size=batch_size, error_result=error_result, cache_dir=self.cache_dir):
             self._fill(results, idx, X, names, self._stats(inputs, files=files))
         return results
 

@@ -144,7 +144,9 @@ def _sweep_summary(results: dict, run_dir) -> str:
     also = best.get("also_saved_as")
     if also:
         lines.append(f"         also {also}")
-    lines.append(f"Use it:  animefaces predict FRAMES --model {also or best['model']}")
+    use = str(also or best["model"])
+    use = use[:-len(".joblib")] if use.endswith(".joblib") else use
+    lines.append(f"Use it:  animefaces predict FRAMES --model {use}")
     return "\n".join(lines)
 
 
@@ -158,7 +160,8 @@ def cmd_predict(args) -> int:
     if model_task(model) == "character":
         return _predict_characters(args, model)
     clf = FaceClassifier.load(model, device=args.device, threshold=args.threshold,
-                              abstain=args.abstain, ood=not args.no_ood)
+                              abstain=args.abstain, ood=not args.no_ood,
+                              cache_dir=None if args.cache_dir in ("", "none") else args.cache_dir)
     paths = records_from_paths(args.inputs)
     preds = clf.predict_many(paths, on_error="report", progress=not args.quiet)
     rows = [p.to_dict() for p in preds]
@@ -172,7 +175,8 @@ def cmd_predict(args) -> int:
         return f"{r['source']}\t{r['label']}\t{r['score']:.3f}"
 
     return _emit(args, rows, csv_header=header, csv_row=lambda r: [r[k] for k in header],
-                 line=line, n_err=sum(r["label"] == "error" for r in rows))
+                 line=line, n_err=sum(r["label"] == "error" for r in rows),
+                 table_header="source\tlabel\tP(face)\tnote")
 
 
 def _predict_characters(args, model) -> int:
@@ -189,16 +193,22 @@ def _predict_characters(args, model) -> int:
         if r["error"]:
             return f"{r['source']}\terror\t{r['error']}"
         runners = ", ".join(f"{c} {s:.2f}" for c, s in r["ranking"][1:])
-        return f"{r['source']}\t{r['character']}\t(next: {runners or '-'})"
+        top = r["ranking"][0][1] if r["ranking"] else float("nan")
+        return f"{r['source']}\t{r['character']}\t{top:.2f}\t{runners or '-'}"
 
     return _emit(args, rows, csv_header=["source", "character", "ranking", "error"],
                  csv_row=lambda r: [r["source"], r["character"] or "error",
                                     " ".join(f"{c}={s:.3f}" for c, s in r["ranking"]),
                                     r["error"] or ""],
-                 line=line, n_err=sum(1 for r in rows if r["error"]))
+                 line=line, n_err=sum(1 for r in rows if r["error"]),
+                 table_header="source\tcharacter\tscore\trunners-up (score)",
+                 table_note="score: the SVM's one-vs-rest decision value (one-vs-one votes "
+                            "plus a confidence below 1); higher is more likely, but it is not a "
+                            "probability")
 
 
-def _emit(args, rows, *, csv_header, csv_row, line, n_err: int) -> int:
+def _emit(args, rows, *, csv_header, csv_row, line, n_err: int, table_header: str = "",
+          table_note: str = "") -> int:
     """Write predict's rows as JSON, CSV or a table (stdout or --output); exit code 1 when
     some inputs could not be read."""
     out = open(args.output, "w", newline="") if args.output else sys.stdout
@@ -211,8 +221,12 @@ def _emit(args, rows, *, csv_header, csv_row, line, n_err: int) -> int:
             w.writerow(csv_header)
             w.writerows(csv_row(r) for r in rows)
         else:
+            if table_header:
+                out.write(table_header + "\n")
             for r in rows:
                 out.write(line(r) + "\n")
+            if table_note and rows:
+                print(table_note, file=sys.stderr)
     finally:
         if args.output:
             out.close()
@@ -312,6 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not flag non-anime inputs (photos, blank or text frames, thumbnails) "
                          "as out_of_domain")
     pr.add_argument("--device", default="auto")
+    pr.add_argument("--cache-dir", default="features",
+                    help="feature cache shared with extract / sweep: cached images are not run "
+                         "through the CNN again, new ones are added (default: features/; "
+                         "'none': keep nothing on disk)")
     pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     pr.set_defaults(func=cmd_predict)
 

@@ -266,11 +266,25 @@ class CropSummary:
         if self.threshold is not None:
             lines[-1] += (f"; {self.rejected} rejected by the classifier "
                           f"(P(face) < {self.threshold:g})")
+        if self.crops_written == 0 and self.frames:
+            lines.append(self._nothing_found_hint())
         for r in self.failures:
             lines.append(f"error: {r.error}")
         if self.failures:
             lines.append(f"{len(self.failures)} input(s) failed")
         return "\n".join(lines)
+
+    def _nothing_found_hint(self) -> str:
+        """What to try when no crop was written: the cascade's limits and the knobs."""
+        if self.detections and self.threshold is not None:
+            return (f"no face crop kept: the cascade found {self.detections} face(s) but the "
+                    f"classifier rejected all of them; lower --threshold (now {self.threshold:g}) "
+                    f"or leave out --model to keep every cascade detection")
+        return ("no face found: the anime-face cascade (lbpcascade_animeface) finds mostly "
+                "frontal faces of at least --min-size pixels in typical anime style; try a "
+                "smaller --min-size (e.g. 16) for small or distant faces, and expect misses on "
+                "profiles, heavy shading, chibi or non-anime art (check a few frames by eye; "
+                "`animefaces predict` tells whether whole frames show a face)")
 
 
 def _crop(image: Image.Image, box, margin: float) -> Image.Image:

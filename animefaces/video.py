@@ -191,11 +191,36 @@ def _open(path: Path):
         raise BadVideoError(path, f"not a video, or a truncated or corrupt one that FFmpeg cannot "
                                   f"open ({_reason(exc)})") from None
     try:
+        if _is_image_demuxer(container):
+            raise BadVideoError(path, _not_a_video_but(path))
         stream = _video_stream(container, path)
     except BaseException:
         container.close()
         raise
     return container, stream
+
+
+def _is_image_demuxer(container) -> bool:
+    """FFmpeg opens a still image (or anything named like one) with its image demuxers:
+    ``image2`` (by file name) or ``png_pipe``, ``jpeg_pipe``... (by content)."""
+    names = set(str(getattr(container.format, "name", "")).split(","))
+    return bool(names & {"image2", "image2pipe"}) or any(n.endswith("_pipe") for n in names)
+
+
+def _not_a_video_but(path: Path) -> str:
+    """Why a file that FFmpeg reads as an image is refused as a video: a still image (say
+    what to use instead), or not even an image (say so, as for any non-video)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im.verify()
+            size = f"{im.width}x{im.height} "
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        return (f"not a video: FFmpeg takes it for an image by its name, and it is not a "
+                f"readable image either ({type(exc).__name__})")
+    return (f"it is a still {size}image, not a video (a scan of it would be one frame at 0 s); "
+            f"classify images with `animefaces predict {path}`")
 
 
 def _reason(exc) -> str:

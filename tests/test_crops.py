@@ -129,6 +129,7 @@ def test_confirm_rejections_are_counted(cascade, frames_dir, tmp_path):
     assert summary.crops_written == 0 and not list((tmp_path / "none").glob("*.png"))
     assert f"{summary.detections} cascade detection(s); {summary.detections} rejected" \
         in str(summary)
+    assert "lower --threshold" in str(summary)  # nothing kept: say what to try
 
     # Reject exactly the crops narrower than 100 px: the count must match the boxes.
     summary2 = extract_crops([frames_dir], tmp_path / "some", cascade=cascade, threshold=0.5,
@@ -141,6 +142,19 @@ def test_confirm_rejections_are_counted(cascade, frames_dir, tmp_path):
     assert summary2.rejected == narrow and summary2.crops_written == len(all_boxes) - narrow
     _, rows = read_rows(tmp_path / "some" / "manifest.csv")
     assert rows and all(r["score"] == "0.9000" and int(r["w"]) >= 100 for r in rows)
+
+
+def test_no_face_found_says_what_to_try(cascade, tmp_path):
+    """Frames where the cascade finds nothing: '0 face crop(s)' comes with the cascade's limits
+    and the knobs to turn (--min-size), not alone."""
+    blank = tmp_path / "frames"
+    blank.mkdir()
+    for i in range(2):
+        Image.new("RGB", (320, 180), (30 * i, 120, 200)).save(blank / f"sky-{i}.png")
+    summary = extract_crops([blank], tmp_path / "out", cascade=cascade, progress=False)
+    text = str(summary)
+    assert summary.crops_written == 0 and summary.detections == 0
+    assert "no face found" in text and "--min-size" in text
 
 
 def test_confirm_must_return_one_score_per_crop(cascade, frames_dir, tmp_path):

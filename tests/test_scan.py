@@ -290,6 +290,21 @@ def test_scan_video_raises_an_error_naming_the_file(bad_inputs, name, reason):
     assert str(bad_inputs[name]) in str(info.value) and reason in str(info.value)
 
 
+def test_a_still_image_or_a_text_named_jpg_is_not_a_video(tmp_path):
+    """A still image is refused with the command that classifies it (no 0-second range); a text
+    file named .jpg is 'not a video' like the same file named .mp4, not 'truncated'."""
+    still = tmp_path / "still.png"
+    Image.new("RGB", (64, 48), (200, 100, 50)).save(still)
+    with pytest.raises(BadVideoError, match=r"still 64x48 image, not a video.*animefaces predict"):
+        scan_video(still, SecondCoded(FACE_3_TO_7), progress=False)
+    for name in ("notes.jpg", "notes.mp4"):
+        text = tmp_path / name
+        text.write_text("this is a text file, not a video\n" * 50)
+        with pytest.raises(BadVideoError) as info:
+            scan_video(text, SecondCoded(FACE_3_TO_7), progress=False)
+        assert "not a video" in str(info.value) and "truncated or corrupt (" not in str(info.value)
+
+
 def read_csv(path):
     with open(path, newline="") as f:
         r = csv.DictReader(f)

@@ -144,6 +144,25 @@ def test_predict_cli_writes_csv_and_json(swept, tmp_path, capsys):
     assert "empty" in capsys.readouterr().out
 
 
+def test_predict_reuses_the_feature_cache_of_the_sweep(swept, tmp_path, capsys, monkeypatch):
+    """Images the sweep already extracted are not run through the CNN again by predict; the
+    table has a header line."""
+    from animefaces.extract import FeatureExtractor
+
+    _, data, _, res = swept
+    imgs = sorted((data.parent / "images").iterdir())
+    calls = []
+    real = FeatureExtractor._forward
+    monkeypatch.setattr(FeatureExtractor, "_forward", lambda self, b: calls.append(len(b)) or real(self, b))
+    args = ["predict", *map(str, imgs), "--model", str(res.best_model), "-q"]
+    assert main(args + ["--cache-dir", str(tmp_path / "features")]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert calls == [] and len(out) == len(imgs) + 1
+    assert out[0].split("\t")[:3] == ["source", "label", "P(face)"]
+    assert main(args + ["--cache-dir", "none"]) == 0  # no cache: the CNN runs
+    assert sum(calls) == len(imgs)
+
+
 def test_tampered_or_mismatched_model_is_refused(swept):
     _, _, _, res = swept
     meta_path = res.best_model.with_suffix(".json")
