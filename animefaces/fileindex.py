@@ -11,7 +11,8 @@ the last two seconds are not remembered yet, since a second write within the sam
 tick would go unseen.
 
 The index is one ``.npz`` file (plain string arrays, no pickle) beside the feature cache,
-written atomically; a damaged or foreign file is ignored and rebuilt.
+written atomically; a damaged or foreign file is set aside (``_io.set_aside``: renamed to
+``<name>.damaged-<UTC time>``, one line on stderr) and rebuilt.
 """
 
 from __future__ import annotations
@@ -87,7 +88,10 @@ class HashIndex:
                 if len(keys) != len(digests):
                     raise ValueError("keys and digests differ in length")
                 self._known = dict(zip(map(os.fsdecode, keys), map(bytes.decode, digests)))
-            except Exception:  # noqa: BLE001 - damaged or foreign: rebuilt by this run
+            except Exception as exc:  # noqa: BLE001 - damaged or foreign: rebuilt by this run
+                from ._io import set_aside
+
+                set_aside(self.file, f"{type(exc).__name__}: {exc}", what="file-hash index")
                 self._known = {}
 
     def get(self, key: str) -> str | None:

@@ -192,8 +192,15 @@ def stats_for_files(paths, *, cache_dir: os.PathLike | str | None = None, n_jobs
     if cache_file and cache_file.is_file():
         try:
             with np.load(cache_file, allow_pickle=False) as z:
-                known = dict(zip(z["keys"].tolist(), z["stats"]))
-        except (OSError, ValueError, KeyError):
+                ks, st = z["keys"], z["stats"]
+            if st.ndim != 2 or st.shape[1] != len(STAT_NAMES) or len(ks) != len(st):
+                raise ValueError(f"keys {ks.shape} and stats {st.shape} do not match "
+                                 f"(expected (n,) and (n, {len(STAT_NAMES)}))")
+            known = dict(zip(ks.tolist(), st))
+        except Exception as exc:  # noqa: BLE001 - truncated zip, foreign file...: rebuilt below
+            from ._io import set_aside
+
+            set_aside(cache_file, f"{type(exc).__name__}: {exc}", what="image-stats cache")
             known = {}
     todo = [i for i, k in enumerate(keys) if k not in known]
     if todo:
