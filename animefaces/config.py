@@ -6,6 +6,7 @@ The defaults live in ``configs/default.toml``; ``configs/paper.toml`` is the pap
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -27,6 +28,50 @@ _SCHEMA = {
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")
 _GRID_KEYS = {"kernel", "C", "gamma", "degree", "coef0"}
+# Larger batches are not faster (the defaults are measured bests) and only cost memory: 4096
+# 224x224 inputs are 2.5 GB of float32 before the network's activations.
+MAX_BATCH_SIZE = 4096
+# Polynomial kernels above this degree overflow float64 ((1 + x.y)^d) and libsvm fails deep inside;
+# the paper's largest is 50.
+MAX_DEGREE = 100
+
+
+def _is_number(value) -> bool:
+    """A finite int or float (TOML booleans are not numbers here)."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
+
+
+def check_batch_size(value, *, name: str = "batch size", allow_zero: bool = False,
+                     input_size: tuple[int, int] = (224, 224)):
+    """The one check of a batch size, used by the config, ``FeatureExtractor`` and so every flag.
+
+    Args:
+        value: None (the backbone's default), or images per forward pass.
+        name: how the caller calls it, for the message (``features.batch_size``).
+        allow_zero: 0 also means the default (the config's spelling of "unset").
+        input_size: (height, width) of one input, for the memory a too large batch would need.
+
+    Returns:
+        ``value`` unchanged.
+
+    Raises:
+        ConfigError: not an integer, below 1, or above :data:`MAX_BATCH_SIZE`.
+    """
+    if value is None or (allow_zero and value == 0 and not isinstance(value, bool)):
+        return value
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        default = "0 (the backbone's measured best)" if allow_zero else "unset (the backbone's measured best)"
+        raise ConfigError(f"{name} = {value!r}: use an integer from 1 to {MAX_BATCH_SIZE}, or leave it "
+                          f"{default}")
+    if value > MAX_BATCH_SIZE:
+        h, w = input_size
+        gb = value * 3 * h * w * 4 / 1e9
+        raise ConfigError(f"{name} = {value}: above the limit of {MAX_BATCH_SIZE}; one batch of {h}x{w} "
+                          f"images would need {gb:,.1f} GB for its float32 inputs alone, before the "
+                          f"network's activations, and is no faster; use at most {MAX_BATCH_SIZE} "
+                          f"(unset: the backbone's measured best)")
+    return value
 
 
 @dataclass
@@ -153,13 +198,29 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
     choice("features.pooling", cfg.pooling, POOLINGS)
     choice("svm.scaling", cfg.scaling, SCALINGS)
     choice("svm.select_on", cfg.select_on, ("val",))
-    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 0:
-        raise ConfigError(f"config {source}: features.batch_size = {cfg.batch_size!r}; use 0 (default) or a positive integer")
-    if not isinstance(cfg.n_jobs, int) or cfg.n_jobs < -1:
+    check_batch_size(cfg.batch_size, name=f"config {source}: features.batch_size", allow_zero=True)
+    if isinstance(cfg.n_jobs, bool) or not isinstance(cfg.n_jobs, int) or cfg.n_jobs < -1:
         raise ConfigError(f"config {source}: svm.n_jobs = {cfg.n_jobs!r}; use 0 (one per core), -1 or a positive integer")
+    for key in ("features.cache_dir", "features.device", "output.reports_dir", "output.models_dir"):
+        value = getattr(cfg, key.split(".")[1])
+        if not isinstance(value, str) or not value.strip():
+            raise ConfigError(f"config {source}: {key}: must be a non-empty string (a quoted folder "
+                              f"name or device), got {value!r}")
+    if not isinstance(cfg.skip_bad, bool):
+        raise ConfigError(f"config {source}: features.skip_bad: must be true or false (TOML booleans, "
+                          f"unquoted), got {cfg.skip_bad!r}")
+    if not _is_number(cfg.cache_size) or cfg.cache_size <= 0:
+        raise ConfigError(f"config {source}: svm.cache_size: must be a finite number > 0 (libsvm's "
+                          f"kernel cache in MB), got {cfg.cache_size!r}")
+    if isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int) or not 0 <= cfg.seed < 2**32:
+        raise ConfigError(f"config {source}: svm.seed: must be an integer from 0 to 2**32 - 1, got "
+                          f"{cfg.seed!r}")
     _check_trust(cfg, source, choice)
     if not cfg.grid:
         raise ConfigError(f"config {source}: svm.grid is empty; add at least one [[svm.grid]] table")
+    if not isinstance(cfg.grid, list) or not all(isinstance(e, dict) for e in cfg.grid):
+        raise ConfigError(f"config {source}: svm.grid must be a list of tables ([[svm.grid]] blocks "
+                          f"with kernel = ..., C = [...]), got {cfg.grid!r}")
     grid = []
     for i, entry in enumerate(cfg.grid):
         bad = set(entry) - _GRID_KEYS
@@ -173,15 +234,21 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
         for k in ("C", "gamma", "degree", "coef0"):
             if k in entry:
                 e[k] = _as_list(entry[k], k)
+        where = f"config {source}: svm.grid[{i}]"
         for c in e.get("C", []):
-            if not isinstance(c, (int, float)) or c <= 0:
-                raise ConfigError(f"config {source}: svm.grid[{i}].C = {c!r}; must be a positive number")
+            if not _is_number(c) or c <= 0:
+                raise ConfigError(f"{where}.C: must be a finite number > 0, got {c!r}")
         for d in e.get("degree", []):
-            if not isinstance(d, int) or d < 1:
-                raise ConfigError(f"config {source}: svm.grid[{i}].degree = {d!r}; must be a positive integer")
+            if isinstance(d, bool) or not isinstance(d, int) or not 1 <= d <= MAX_DEGREE:
+                raise ConfigError(f"{where}.degree: must be an integer from 1 to {MAX_DEGREE} (higher "
+                                  f"degrees overflow the kernel values), got {d!r}")
         for g in e.get("gamma", []):
-            if not (g in ("scale", "auto") or (isinstance(g, (int, float)) and g > 0)):
-                raise ConfigError(f"config {source}: svm.grid[{i}].gamma = {g!r}; use 'scale', 'auto' or a positive number")
+            if not (g in ("scale", "auto") or (_is_number(g) and g > 0)):
+                raise ConfigError(f"{where}.gamma: must be 'scale', 'auto' or a finite number > 0, "
+                                  f"got {g!r}")
+        for c0 in e.get("coef0", []):
+            if not _is_number(c0):
+                raise ConfigError(f"{where}.coef0: must be a finite number, got {c0!r}")
         grid.append(e)
     cfg.grid = grid
     return cfg

@@ -276,8 +276,9 @@ class FeatureExtractor:
             pooling = self.spec.default_pooling
         if pooling not in POOLINGS:
             raise ConfigError(f"pooling {pooling!r}; choose one of: {', '.join(POOLINGS)}")
-        if batch_size is not None and batch_size < 1:
-            raise ConfigError(f"batch size {batch_size}: must be at least 1")
+        from .config import check_batch_size
+
+        check_batch_size(batch_size, name="batch size", input_size=self.spec.input_size)
         self.device = resolve_device(device)
         d = default_settings(self.spec, self.device)
         if precision == "auto":

@@ -79,3 +79,78 @@ def test_damaged_hash_index_is_set_aside_with_one_line(tmp_path, capsys):
     idx.put("/c|1|2|3|4", "cd")
     idx.save()
     assert HashIndex(tmp_path).get("/c|1|2|3|4") == "cd"
+
+
+# -- config values: types and ranges, named ---------------------------------------------------------
+_GRID = [{"kernel": "poly", "C": [1.0], "degree": [2]}]
+
+
+@pytest.mark.parametrize("section, key, value, match", [
+    ("svm", "cache_size", -5, r"svm.cache_size: must be a finite number > 0.*got -5"),
+    ("svm", "cache_size", float("nan"), r"svm.cache_size: must be a finite number > 0.*got nan"),
+    ("svm", "seed", "x", r"svm.seed: must be an integer from 0 to 2\*\*32 - 1, got 'x'"),
+    ("svm", "seed", -1, r"svm.seed: .*got -1"),
+    ("svm", "n_jobs", True, r"svm.n_jobs = True"),
+    ("features", "cache_dir", 123, r"features.cache_dir: must be a non-empty string.*got 123"),
+    ("features", "device", "", r"features.device: must be a non-empty string"),
+    ("output", "reports_dir", ["r"], r"output.reports_dir: must be a non-empty string"),
+    ("output", "models_dir", 1.5, r"output.models_dir: must be a non-empty string"),
+    ("features", "skip_bad", "false", r"features.skip_bad: must be true or false.*got 'false'"),
+    ("features", "skip_bad", 1, r"features.skip_bad: must be true or false.*got 1"),
+    ("features", "batch_size", 100000, r"features.batch_size = 100000: above the limit of 4096.*GB"),
+    ("features", "batch_size", -3, r"features.batch_size = -3: use an integer from 1 to 4096"),
+    ("features", "batch_size", "8", r"features.batch_size = '8'"),
+])
+def test_config_values_are_checked_and_named(section, key, value, match):
+    from animefaces.config import config_from_dict
+
+    raw = {"svm": {"grid": _GRID}, section: {key: value}}
+    if section == "svm":
+        raw["svm"] = {"grid": _GRID, key: value}
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict(raw)
+
+
+@pytest.mark.parametrize("key, value, match", [
+    ("C", float("nan"), r"svm.grid\[0\].C: must be a finite number > 0, got nan"),
+    ("C", 0, r"svm.grid\[0\].C: must be a finite number > 0, got 0"),
+    ("C", True, r"svm.grid\[0\].C: .*got True"),
+    ("gamma", float("inf"), r"svm.grid\[0\].gamma: must be 'scale', 'auto' or a finite number > 0, got inf"),
+    ("degree", 1000, r"svm.grid\[0\].degree: must be an integer from 1 to 100.*got 1000"),
+    ("degree", 2.5, r"svm.grid\[0\].degree: .*got 2.5"),
+    ("coef0", "abc", r"svm.grid\[0\].coef0: must be a finite number, got 'abc'"),
+    ("coef0", float("nan"), r"svm.grid\[0\].coef0: must be a finite number, got nan"),
+])
+def test_grid_values_are_checked_and_named(key, value, match):
+    from animefaces.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=match):
+        config_from_dict({"svm": {"grid": [{"kernel": "poly", key: value}]}})
+
+
+def test_grid_must_be_tables_and_toml_nan_is_refused(tmp_path):
+    from animefaces.config import config_from_dict, load_config
+
+    with pytest.raises(ConfigError, match="svm.grid must be a list of tables"):
+        config_from_dict({"svm": {"grid": [1]}})
+    p = tmp_path / "c.toml"
+    p.write_text('[svm]\ncache_size = -5\n[[svm.grid]]\nkernel = "rbf"\nC = [nan]\n')
+    with pytest.raises(ConfigError, match=f"config {p}: svm.cache_size"):
+        load_config(p)
+    # the shipped configs still load
+    assert load_config("default").grid and load_config("paper").grid
+
+
+def test_huge_batch_size_is_refused_in_one_place(tmp_path, tiny_dataset, capsys):
+    from animefaces.cli import main
+    from animefaces.extract import FeatureExtractor
+
+    with pytest.raises(ConfigError, match=r"batch size = 100000: above the limit of 4096; .*GB"):
+        FeatureExtractor("tiny", weights="random", batch_size=100000)
+    with pytest.raises(ConfigError, match=r"batch size = 0"):
+        FeatureExtractor("tiny", weights="random", batch_size=0)
+    assert FeatureExtractor("tiny", weights="random", batch_size=4096).settings.batch_size == 4096
+    rc = main(["extract", "--backbone", "tiny", "--weights", "random", "--data", str(tiny_dataset),
+               "--cache-dir", str(tmp_path / "f"), "--batch-size", "100000", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "above the limit of 4096" in err and "Traceback" not in err
