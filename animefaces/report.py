@@ -131,8 +131,10 @@ def summary_markdown(results: dict) -> str:
                 table2_markdown(results), ""]
     if skipped:
         out += ["## Skipped backbones", ""]
-        out += [f"- **{n}**: {i['reason']}" for n, i in skipped.items()]
-        out.append("")
+        # the first sentence says what is missing and where it goes; the rest (where to get
+        # the file) is the same advice for each: `animefaces backbones -v` has it in full
+        out += [f"- **{n}**: {i['reason'].split('. ')[0].rstrip('.')}" for n, i in skipped.items()]
+        out += ["", "Where to get each file: `animefaces backbones -v`.", ""]
     if any(r.get("calibration") for r in table_rows(results)):
         out += ["## Table 3: calibration of P(face) (ECE, 15 bins / Brier; before -> after; "
                 "calibrator fitted on val)", "", calibration_markdown(results), ""]
