@@ -154,7 +154,6 @@ def cmd_predict(args) -> int:
     import os
 
     from .api import DEFAULT_MODEL, FaceClassifier, model_task
-    from .datasets import records_from_paths
 
     model = args.model or os.environ.get("ANIMEFACES_MODEL") or DEFAULT_MODEL
     if model_task(model) == "character":
@@ -162,9 +161,10 @@ def cmd_predict(args) -> int:
     clf = FaceClassifier.load(model, device=args.device, threshold=args.threshold,
                               abstain=args.abstain, ood=not args.no_ood,
                               cache_dir=None if args.cache_dir in ("", "none") else args.cache_dir)
-    paths = records_from_paths(args.inputs)
-    preds = clf.predict_many(paths, on_error="report", progress=not args.quiet)
-    rows = [p.to_dict() for p in preds]
+    from .api import Prediction
+
+    rows = _predict_rows(args, clf, lambda p, why: Prediction(source=str(p), label="error",
+                                                              score=float("nan"), error=why))
     header = list(rows[0]) if rows else ["source"]
 
     def line(r):
@@ -181,13 +181,11 @@ def cmd_predict(args) -> int:
 
 def _predict_characters(args, model) -> int:
     """``animefaces predict`` with a character model: one character per image."""
-    from .character_api import CharacterClassifier
-    from .datasets import records_from_paths
+    from .character_api import CharacterClassifier, CharacterPrediction
 
     clf = CharacterClassifier.load(model, device=args.device)
-    preds = clf.predict_many(records_from_paths(args.inputs), on_error="report",
-                             progress=not args.quiet)
-    rows = [p.to_dict() for p in preds]
+    rows = _predict_rows(args, clf, lambda p, why: CharacterPrediction(source=str(p), character=None,
+                                                                       error=why))
 
     def line(r):
         if r["error"]:
@@ -205,6 +203,19 @@ def _predict_characters(args, model) -> int:
                  table_note="score: the SVM's one-vs-rest decision value (one-vs-one votes "
                             "plus a confidence below 1); higher is more likely, but it is not a "
                             "probability")
+
+
+def _predict_rows(args, clf, error_row) -> list[dict]:
+    """predict's rows, one per image in input order: a missing input or a folder without images
+    is an error row like an unreadable image (it does not stop the others)."""
+    from .datasets import records_from_paths
+
+    problems: dict = {}
+    paths = records_from_paths(args.inputs, problems=problems)
+    readable = [p for p in paths if p not in problems]
+    answers = iter(clf.predict_many(readable, on_error="report", progress=not args.quiet)
+                   if readable else [])
+    return [(error_row(p, problems[p]) if p in problems else next(answers)).to_dict() for p in paths]
 
 
 def _emit(args, rows, *, csv_header, csv_row, line, n_err: int, table_header: str = "",
@@ -310,7 +321,15 @@ def build_parser() -> argparse.ArgumentParser:
     add_feature_opts(s)
     s.set_defaults(func=cmd_sweep)
 
-    pr = sub.add_parser("predict", help="classify image files or folders with a trained model")
+    pr = sub.add_parser("predict", help="classify image files or folders with a trained model",
+                        description="Classify image files, and the images in folders (recursively), "
+                                    "with a model saved by `animefaces sweep`. An input that cannot "
+                                    "be read (missing, a folder without images, not a regular file, "
+                                    "not an image, corrupt) gets a row with label 'error' and the "
+                                    "reason; the other inputs are still answered.",
+                        epilog="exit status: 0 every input answered; 1 some inputs could not be read "
+                               "(their rows say 'error'); 2 nothing was classified (bad model, "
+                               "option or setup: the message says why).")
     pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
     pr.add_argument("--model", default=None,
                     help="model saved by sweep (default: models/best); a character model "

@@ -247,25 +247,46 @@ def _auto_split(ds: Dataset, *, seed: int) -> Dataset:
     return ds2
 
 
-def records_from_paths(inputs, *, recursive: bool = True) -> list[Path]:
+def records_from_paths(inputs, *, recursive: bool = True,
+                       problems: dict[Path, str] | None = None) -> list[Path]:
     """Expand files and folders (recursively, sorted, images only) into a list of image paths.
 
+    Args:
+        inputs: files and folders, in the order given.
+        recursive: look into sub-folders.
+        problems: when given, an input that is missing, or a folder without images, does not
+            stop the expansion: it stays in the list, in its place, and ``problems[path]`` says
+            what is wrong with it (so a caller can answer it with an error row).
+
     Raises:
-        DatasetError: a path does not exist, or a folder has no images.
+        DatasetError: a path does not exist, or a folder has no images (without ``problems``).
     """
     from .imageio import is_image_name
+
+    def problem(p: Path, reason: str) -> None:
+        if problems is None:
+            raise DatasetError(f"{p}: {reason}")
+        problems[p] = reason
+        paths.append(p)
 
     paths: list[Path] = []
     for item in inputs:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = [f for f in _files_in(p) if is_image_name(f)] if recursive else \
-                sorted(f for f in p.iterdir() if f.is_file() and is_image_name(f))
+            try:
+                found = [f for f in _files_in(p) if is_image_name(f)] if recursive else \
+                    sorted(f for f in p.iterdir() if f.is_file() and is_image_name(f))
+            except OSError as exc:
+                problem(p, f"cannot list this folder ({exc.strerror})")
+                continue
             if not found:
-                raise DatasetError(f"{p}: no image files (.jpg, .png, .webp, ...) in this folder")
+                what = ("it is a folder, not an image file, and it holds no image files"
+                        if is_image_name(p) else "no image files (.jpg, .png, .webp, ...) in this folder")
+                problem(p, what)
+                continue
             paths.extend(found)
         elif p.exists():
             paths.append(p)
         else:
-            raise DatasetError(f"{p}: no such file or folder")
+            problem(p, "no such file or folder")
     return paths

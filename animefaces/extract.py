@@ -33,7 +33,7 @@ import numpy as np
 from . import __version__
 from .backbones import BackboneSpec, get_backbone
 from .errors import BadImageError, ConfigError
-from .imageio import DEFAULT_MAX_PIXELS, as_rgb_image, open_image, resize_to_array
+from .imageio import DEFAULT_MAX_PIXELS, as_rgb_image, check_image_file, open_image, resize_to_array
 from .perf import cpu_flags, cpu_has_bf16, tune_allocator, usable_cpus
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -575,7 +575,8 @@ class FeatureExtractor:
         def hash_one(i):
             p = paths[i]
             try:
-                st = os.stat(p)
+                # before a byte is read: a FIFO or /dev/zero named .jpg would hang the hashing
+                st = check_image_file(p, max_pixels=self.max_pixels)
                 if index.file is not None:
                     key = stat_key(real(p), st)
                     known = index.get(key)
@@ -585,6 +586,8 @@ class FeatureExtractor:
                     if not is_racy(st):
                         stat_keys[i] = key
                 return file_sha256(p), None
+            except BadImageError as exc:
+                return None, exc.reason
             except OSError as exc:
                 return None, "no such file" if isinstance(exc, FileNotFoundError) else str(exc)
 

@@ -154,3 +154,150 @@ def test_huge_batch_size_is_refused_in_one_place(tmp_path, tiny_dataset, capsys)
                "--cache-dir", str(tmp_path / "f"), "--batch-size", "100000", "-q"])
     err = capsys.readouterr().err
     assert rc == 2 and "above the limit of 4096" in err and "Traceback" not in err
+
+
+# -- special files, sizes and decompression bombs ---------------------------------------------------
+def _png_header_only(path: Path, width: int, height: int, mode_byte: int = 0) -> Path:
+    """A PNG that declares ``width`` x ``height`` grayscale pixels and holds almost no data:
+    a bomb's header, made in microseconds."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, mode_byte, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+    return path
+
+
+@pytest.fixture
+def alarm():
+    """Fail instead of hanging for ever (a FIFO read blocks until a writer comes)."""
+    import signal
+
+    def boom(*_):
+        raise AssertionError("hung reading a special file")
+
+    old = signal.signal(signal.SIGALRM, boom)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def test_fifo_and_device_named_jpg_are_refused_without_reading(tmp_path, alarm):
+    from animefaces.imageio import image_size, open_image
+
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    with pytest.raises(BadImageError, match=r"pipe.jpg: it is a FIFO \(named pipe\).*not a regular file"):
+        open_image(fifo)
+    zero = tmp_path / "zero.jpg"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(BadImageError, match=r"zero.jpg: it is a character device \(a link to /dev/zero\)"):
+        open_image(zero)
+    with pytest.raises(BadImageError, match="not a regular file"):
+        image_size(zero)
+    (tmp_path / "dir.jpg").mkdir()
+    with pytest.raises(BadImageError, match="folder"):
+        open_image(tmp_path / "dir.jpg")
+
+
+def test_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path, monkeypatch):
+    from animefaces import imageio
+
+    p = tmp_path / "huge.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(p)
+    monkeypatch.setattr(imageio, "_METADATA_BYTES", 0)
+    with pytest.raises(BadImageError, match=r"bytes, more than any image within the limit of 100 pixels"):
+        imageio.open_image(p, max_pixels=100)  # 100 px * 8 bytes < the file
+    assert imageio.open_image(p).size == (40, 40)
+
+
+def test_one_pixel_limit_with_the_documented_message(tmp_path):
+    """Pillow's own guard (an error above 179 Mpx, a warning above 89 Mpx) must not answer
+    before ours: the README says 120 Mpx, and the message says how to raise it."""
+    from animefaces.imageio import DEFAULT_MAX_PIXELS, image_size, open_image
+    from animefaces.ood import file_stats
+
+    assert DEFAULT_MAX_PIXELS == 120_000_000
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "Images over 120 Mpx are refused" in readme
+    bomb = _png_header_only(tmp_path / "bomb.png", 20_000, 10_000)  # 200 Mpx: Pillow's error zone
+    middle = _png_header_only(tmp_path / "middle.png", 10_000, 9_500)  # 95 Mpx: Pillow warns
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any DecompressionBombWarning fails the test
+        with pytest.raises(BadImageError, match=r"20000x10000 = 200,000,000 pixels, above the limit "
+                                                r"of 120,000,000 \(a guard against decompression bombs\)"):
+            open_image(bomb)
+        with pytest.raises(BadImageError, match="above the limit of 120,000,000"):
+            file_stats(bomb)
+        assert image_size(middle) == (10_000, 9_500)
+        with pytest.raises(BadImageError, match="truncated or corrupt"):
+            file_stats(middle)  # decoded (within the limit): the data is missing
+        # a raised limit is honoured above Pillow's 179 Mpx too
+        assert image_size(bomb, max_pixels=250_000_000) == (20_000, 10_000)
+    with pytest.raises(BadImageError, match="above the limit of 1,000"):
+        open_image(middle, max_pixels=1_000)
+    from PIL import Image as PILImage
+
+    assert PILImage.MAX_IMAGE_PIXELS == 89_478_485  # Pillow's setting is left as it was
+
+
+def test_open_image_makes_no_full_size_copy_for_exif(tmp_path, monkeypatch):
+    from PIL import ImageOps
+
+    from animefaces.imageio import open_image
+
+    p = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (1, 2, 3)).save(p)
+    seen = []
+    real = ImageOps.exif_transpose
+
+    def spy(img, *, in_place=False):
+        seen.append(in_place)
+        return real(img, in_place=in_place)
+
+    monkeypatch.setattr(ImageOps, "exif_transpose", spy)
+    assert open_image(p).getpixel((0, 0)) == (1, 2, 3)
+    assert seen == [True]
+
+
+# -- predict: every input answered, in order; the exit code says what failed ------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    from animefaces.sweep import run_sweep
+
+    tmp = tmp_path_factory.mktemp("trained")
+    data = make_dataset(tmp / "data")
+    res = run_sweep(data, config=tiny_config(tmp), weights="random", progress=False)
+    return data, res
+
+
+def test_predict_answers_every_input_and_the_exit_code_says_some_failed(trained, tmp_path, alarm, capsys):
+    from animefaces.cli import main
+
+    data, res = trained
+    good = data.parent / "images" / "val-face-0.png"
+    (tmp_path / "dir.jpg").mkdir()
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    (tmp_path / "zero.jpg").symlink_to("/dev/zero")
+    inputs = [good, tmp_path / "dir.jpg", tmp_path / "missing.jpg", fifo, tmp_path / "zero.jpg", good]
+    rc = main(["predict", *map(str, inputs), "--model", str(res.best_model), "--format", "json",
+               "-o", str(tmp_path / "p.json"), "--cache-dir", "none", "-q"])
+    err = capsys.readouterr().err
+    assert rc == 1 and "4 of 6 image(s) could not be read" in err and "Traceback" not in err
+    rows = json.loads((tmp_path / "p.json").read_text())
+    assert [r["source"] for r in rows] == list(map(str, inputs))
+    assert [r["label"] == "error" for r in rows] == [False, True, True, True, True, False]
+    assert "folder" in rows[1]["error"] and "no image files" in rows[1]["error"]
+    assert "no such file" in rows[2]["error"]
+    assert "FIFO" in rows[3]["error"] and "character device" in rows[4]["error"]
+    # only unreadable inputs: still a row each, exit 1
+    assert main(["predict", str(tmp_path / "missing.jpg"), "--model", str(res.best_model),
+                 "--format", "csv", "--cache-dir", "none", "-q"]) == 1
+    assert "missing.jpg,error" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["predict", "--help"])
+    assert "exit status: 0 every input answered; 1 some inputs could not be read" in \
+        capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
