@@ -75,7 +75,8 @@ def cmd_extract(args) -> int:
                             cache_dir=args.cache_dir, device=args.device, precision=args.precision,
                             pooling=args.pooling, batch_size=args.batch_size,
                             skip_bad=args.skip_bad, progress=not args.quiet,
-                            checkpoint_every=args.checkpoint_every)
+                            checkpoint_every=args.checkpoint_every,
+                            allow_outside=args.allow_outside_paths)
     m = feats.meta
     print(f"{m['backbone']}: {len(feats.records)} images -> {feats.X.shape[1]}-d features "
           f"({feats.computed} computed, {len(feats.records) - feats.computed} from the cache) in "
@@ -94,6 +95,10 @@ def cmd_sweep(args) -> int:
     backbones = [b.strip() for b in args.backbones.split(",")] if args.backbones else None
     if args.task == "character":
         from .character import run_character_sweep
+
+        if args.allow_outside_paths:  # not silently ignored: character.py does not take it yet
+            raise AnimeFacesError("--allow-outside-paths works with --task face only for now; move "
+                                  "the images under the manifest's folder for the character task")
 
         groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
         config = args.config
@@ -116,7 +121,8 @@ def cmd_sweep(args) -> int:
                     weights=_weights_arg(args.weights), device=args.device, out_dir=args.out,
                     models_dir=args.models_dir, cache_dir=args.cache_dir,
                     skip_bad=True if args.skip_bad else None, precision=args.precision,
-                    pooling=args.pooling, batch_size=args.batch_size, progress=not args.quiet)
+                    pooling=args.pooling, batch_size=args.batch_size,
+                    allow_outside=args.allow_outside_paths, progress=not args.quiet)
     print(_sweep_summary(res.results, res.run_dir))
     return 0
 
@@ -279,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="images per forward pass (default: the backbone's measured best)")
         sp.add_argument("--skip-bad", action="store_true",
                         help="leave unreadable images out (listed in the output) instead of stopping")
+        sp.add_argument("--allow-outside-paths", action="store_true",
+                        help="accept manifest paths outside the manifest's folder (absolute, or "
+                             "../ above it); refused by default")
         sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
 
     e = sub.add_parser("extract", help="extract features for every image once, into the cache",

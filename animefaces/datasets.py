@@ -3,7 +3,9 @@
 Two layouts are accepted:
 
 * a manifest CSV with columns ``path,label,split[,group]`` (extra columns are kept and ignored);
-  paths are relative to the CSV's folder;
+  paths are relative to the CSV's folder and stay inside it (absolute paths and ``../`` that
+  leave it are refused unless ``allow_outside=True``: a manifest from elsewhere must not make
+  the tool open and hash any file it names);
 * a folder tree: ``ROOT/face/``, ``ROOT/no_face/``, optionally under ``ROOT/{train,val,test,distinct}/``.
 
 Problems (missing files, unknown labels or splits, duplicate paths, empty splits, a split that
@@ -69,7 +71,7 @@ def _listed(items) -> str:
 
 
 def load_dataset(data: os.PathLike | str, *, labels: tuple[str, ...] | None = FACE_LABELS,
-                 require_splits: bool = False, seed: int = 0) -> Dataset:
+                 require_splits: bool = False, seed: int = 0, allow_outside: bool = False) -> Dataset:
     """Read and validate a manifest CSV or folder tree.
 
     Args:
@@ -78,6 +80,8 @@ def load_dataset(data: os.PathLike | str, *, labels: tuple[str, ...] | None = FA
         require_splits: when the data has no splits, make a deterministic stratified
             60/20/20 train/val/test split (seeded) instead of leaving ``split`` empty.
         seed: seed for that split.
+        allow_outside: accept manifest paths that leave the manifest's folder (absolute, or
+            ``../`` above it); they are refused by default, and noted in the report when allowed.
 
     Raises:
         DatasetError: with the offending rows / folders named.
@@ -89,7 +93,7 @@ def load_dataset(data: os.PathLike | str, *, labels: tuple[str, ...] | None = FA
     if data.is_dir() and (data / "manifest.csv").is_file():
         data = data / "manifest.csv"
     if data.is_file():
-        ds = _read_manifest(data, labels)
+        ds = _read_manifest(data, labels, allow_outside=allow_outside)
     else:
         ds = _read_folders(data, labels)
     _validate(ds, labels)
@@ -101,7 +105,16 @@ def load_dataset(data: os.PathLike | str, *, labels: tuple[str, ...] | None = FA
     return ds
 
 
-def _read_manifest(csv_path: Path, labels) -> Dataset:
+def _outside(root: Path, rel: str) -> bool:
+    """True when manifest path ``rel`` names a file outside ``root`` (judged on the text, as
+    written: a symlinked images/ folder inside the data folder is the user's own choice)."""
+    if os.path.isabs(rel):
+        return True
+    norm = os.path.normpath(rel)
+    return norm == ".." or norm.startswith(".." + os.sep)
+
+
+def _read_manifest(csv_path: Path, labels, *, allow_outside: bool = False) -> Dataset:
     root = csv_path.parent
     try:
         with open(csv_path, newline="", encoding="utf-8-sig") as f:
@@ -121,10 +134,13 @@ def _read_manifest(csv_path: Path, labels) -> Dataset:
         raise DatasetError(f"{csv_path}: the manifest has a header but no rows")
     records = []
     bad_split = []
+    outside = []
     for lineno, row in enumerate(rows, start=2):
         rel = (row.get("path") or "").strip()
         if not rel:
             raise DatasetError(f"{csv_path}:{lineno}: empty path")
+        if _outside(root, rel):
+            outside.append(f"line {lineno}: {rel}")
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
             bad_split.append(f"line {lineno}: {split!r}")
@@ -134,8 +150,16 @@ def _read_manifest(csv_path: Path, labels) -> Dataset:
     if bad_split:
         raise DatasetError(f"{csv_path}: unknown split(s) {_listed(bad_split)}; "
                            f"use one of {', '.join(SPLITS)} (or leave it empty)")
+    if outside and not allow_outside:
+        raise DatasetError(f"{csv_path}: {len(outside)} path(s) outside the manifest's folder "
+                           f"{root}: {_listed(outside)}; paths are relative to the CSV's folder "
+                           f"and must stay inside it: move the images under it, or pass "
+                           f"--allow-outside-paths (allow_outside=True) if you trust this manifest")
     _check_rows(csv_path, records, labels)
-    return Dataset(records=[r for _, r in records], source=str(csv_path), layout="manifest")
+    notes = ([f"{len(outside)} manifest path(s) outside the manifest's folder, allowed "
+              f"(--allow-outside-paths): {_listed(outside)}"] if outside else [])
+    return Dataset(records=[r for _, r in records], source=str(csv_path), layout="manifest",
+                   notes=notes)
 
 
 def _check_rows(csv_path: Path, records, labels) -> None:
@@ -224,6 +248,46 @@ def _validate(ds: Dataset, labels) -> None:
         if lacking:
             raise DatasetError(f"{ds.source}: split {s!r} has no {' or '.join(lacking)} images; "
                                f"every split needs both classes to be measured")
+
+
+def without_bad(ds: Dataset, kept: list[Record], bad, *,
+                labels: tuple[str, ...] | None = FACE_LABELS) -> Dataset:
+    """``ds`` with only the ``kept`` records, validated again as the manifest was.
+
+    Leaving unreadable images out (``--skip-bad``) can empty a class of a split, or a whole
+    split, and the sweep would then measure and choose models on what is left (a val split of
+    faces only scores 1.000 for a model that answers "face" to everything).
+
+    Args:
+        ds: the dataset as read.
+        kept: its records that could be read, in record order.
+        bad: ``[(path, reason)]`` of the images left out.
+        labels: as for :func:`load_dataset`.
+
+    Raises:
+        DatasetError: a split lost all its images, or every image of a class, with the files
+            left out from it named.
+    """
+    bad = list(bad)
+    out = Dataset(records=list(kept), source=ds.source, layout=ds.layout, notes=list(ds.notes))
+    if not bad:
+        return out
+    split_of = {r.path: r.split for r in ds.records}
+
+    def left_out(split) -> str:
+        mine = [f"{p}: {why}" for p, why in bad if split_of.get(Path(p)) == split]
+        return (f"; that is after leaving out {len(bad)} unreadable image(s) (--skip-bad), "
+                f"{len(mine)} of them from {split!r}: {_listed(mine)}; fix or replace those files")
+
+    for s in ds.splits:
+        if s not in out.splits:
+            raise DatasetError(f"{ds.source}: empty split {s!r}: no images left{left_out(s)}")
+    try:
+        _validate(out, labels)
+    except DatasetError as exc:
+        split = next((s for s in ds.splits if f"split {s!r}" in str(exc)), None)
+        raise DatasetError(f"{exc}{left_out(split)}") from None
+    return out
 
 
 def _auto_split(ds: Dataset, *, seed: int) -> Dataset:

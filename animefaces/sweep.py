@@ -5,7 +5,10 @@ This module only orchestrates; extraction, fitting and writing tables live in th
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from .config import SweepConfig, load_config
-from .datasets import Dataset, Record, load_dataset
+from .datasets import Dataset, Record, load_dataset, without_bad
 from .errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
 
 POSITIVE = "face"
@@ -54,7 +57,8 @@ def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
                     cache_dir: os.PathLike | str = "features", device: str = "auto",
                     precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
                     skip_bad: bool = False, progress: bool = True, extractor=None,
-                    labels=("face", "no_face"), checkpoint_every: int = 256) -> ExtractedFeatures:
+                    labels=("face", "no_face"), checkpoint_every: int = 256,
+                    allow_outside: bool = False) -> ExtractedFeatures:
     """Extract (or load from the cache) features for every image of a dataset.
 
     Args:
@@ -64,10 +68,13 @@ def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
         skip_bad: leave unreadable images out (listed in ``bad``) instead of stopping.
         checkpoint_every: write finished features to the cache every this many images (an
             interrupted run loses at most that many).
+        allow_outside: accept manifest paths outside the manifest's folder (see
+            :func:`~animefaces.datasets.load_dataset`).
     """
     from .cache import FeatureCache
 
-    ds = data if isinstance(data, Dataset) else load_dataset(data, labels=labels)
+    ds = data if isinstance(data, Dataset) else load_dataset(data, labels=labels,
+                                                             allow_outside=allow_outside)
     fx = extractor or make_extractor(backbone, weights=weights, device=device, precision=precision,
                                      pooling=pooling, batch_size=batch_size)
     cache = FeatureCache(cache_dir, fx.fingerprint, meta=fx.describe(), name=fx.spec.name)
@@ -115,6 +122,66 @@ def _with_features(cfg: SweepConfig, overrides: dict) -> SweepConfig:
     return config_from_dict(raw, source=cfg.source)
 
 
+INCOMPLETE = ".incomplete"
+_OWNER = "owner.json"
+
+
+def _staged_run_dir(root: Path, name: str) -> tuple[Path, Path]:
+    """(staging folder, final folder) for a run: the reports are written into
+    ``<name>.incomplete`` (made here, with the owner's pid) and renamed to ``<name>`` when all
+    are there, so a failed or killed sweep leaves no half-written or empty run folder."""
+    n = 1
+    final = root / name
+    while True:
+        staging = final.with_name(final.name + INCOMPLETE)
+        if not final.exists():
+            try:
+                staging.mkdir(parents=True)
+                break
+            except FileExistsError:
+                pass
+        n += 1
+        final = root / f"{name}-{n}"
+    (staging / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return staging, final
+
+
+def _finish_run_dir(staging: Path, final: Path) -> Path:
+    (staging / _OWNER).unlink(missing_ok=True)
+    os.replace(staging, final)
+    return final
+
+
+def _clean_incomplete(root: Path, progress: bool) -> None:
+    """Remove ``*.incomplete`` run folders left by sweeps that were killed (their process is
+    gone); a folder of a sweep still running, or of another machine, is left alone."""
+    if not root.is_dir():
+        return
+    for d in sorted(root.glob(f"*{INCOMPLETE}")):
+        try:
+            owner = json.loads((d / _OWNER).read_text())
+            pid, host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            # no readable owner: written before the owner file, or damaged; old ones only
+            if time.time() - d.stat().st_mtime < 24 * 3600:
+                continue
+        else:
+            if host != socket.gethostname() or pid == os.getpid() or _alive(pid):
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        _log(f"[sweep] removed {d}: the reports of a sweep that did not finish", progress)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def _new_run_dir(root: Path, stem: str) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = root / f"{stamp}-{stem}"
@@ -132,7 +199,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
               models_dir: os.PathLike | None = None, cache_dir: os.PathLike | None = None,
               skip_bad: bool | None = None, precision: str | None = None,
               pooling: str | None = None, batch_size: int | None = None,
-              progress: bool = True) -> SweepResult:
+              allow_outside: bool = False, progress: bool = True) -> SweepResult:
     """Run the whole method on a dataset and write Table 1 / Table 2.
 
     Args:
@@ -143,8 +210,11 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         weights: ``{backbone: path_or_"random"}``, or one value for every backbone.
         device, cache_dir, skip_bad, precision, pooling, batch_size: override the config's
             ``[features]`` (same names and meaning as ``animefaces extract``).
-        out_dir: reports root (default: the config's ``reports_dir``); a run folder is made in it.
+        out_dir: reports root (default: the config's ``reports_dir``); a run folder is made in it
+            when the reports are written (``<run>.incomplete`` until they all are: a sweep that
+            fails leaves no run folder; one that was killed leaves one the next sweep removes).
         models_dir: where the best model is saved (default: the config's ``models_dir``).
+        allow_outside: accept manifest paths outside the manifest's folder (refused by default).
 
     Returns:
         :class:`SweepResult` with the run folder and the best model's path. The run folder also
@@ -166,16 +236,18 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     device = device or cfg.device
     cache_dir = Path(cache_dir or cfg.cache_dir)
     skip_bad = cfg.skip_bad if skip_bad is None else skip_bad
-    ds = load_dataset(data, require_splits=True, seed=cfg.seed)
+    ds = load_dataset(data, require_splits=True, seed=cfg.seed, allow_outside=allow_outside)
     for needed in ("train", "val"):
         if needed not in ds.splits:
             raise AnimeFacesError(f"{ds.source}: no {needed!r} split; the sweep trains on train and "
                                   f"chooses models on val (splits found: {', '.join(ds.splits)})")
     names = _backbones_to_run(cfg, backbones)
     rows = cfg.kernel_rows()
-    run_dir = _new_run_dir(Path(out_dir or cfg.reports_dir), Path(cfg.source).stem or "sweep")
+    reports_root = Path(out_dir or cfg.reports_dir)
+    run_name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{Path(cfg.source).stem or 'sweep'}"
+    _clean_incomplete(reports_root, progress)
     _log(f"[sweep] data {ds.source}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in ds.counts().items())
-         + f"; run folder {run_dir}", progress)
+         + f"; reports go under {reports_root}", progress)
 
     backbone_info: dict[str, dict] = {}
     fits: list[dict] = []
@@ -205,6 +277,12 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         extract_seconds += feats.seconds
         for p, reason in feats.bad:
             bad_files[str(p)] = reason
+        if feats.bad:
+            # What is left must still be a dataset the sweep can measure (the manifest's checks
+            # again), or it would choose on, say, a val split of faces only.
+            kept = without_bad(ds, feats.records, feats.bad)
+            _log(f"[sweep] {name}: {len(feats.bad)} unreadable image(s) left out (--skip-bad); "
+                 + ", ".join(f"{s} {sum(c.values())}" for s, c in kept.counts().items()), progress)
         y_all = np.array([r.label == POSITIVE for r in feats.records], dtype=np.int64)
         split_of = np.array([r.split for r in feats.records])
         X = {s: feats.X[split_of == s] for s in ds.splits}
@@ -267,72 +345,86 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
     extras, trust, per_image = _fit_trust(cfg, dec, y, feats, progress, ood=ood)
     trust_seconds = time.perf_counter() - t0
-    run_id = run_dir.name
-    model_meta = {
-        "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
-        "scaling": cfg.scaling, "features": feats.meta, "accuracy": best.accuracy,
-        "selected_on": cfg.select_on, "labels": {"1": "face", "0": "no_face"},
-        "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    model_meta["trust"] = {k: dict(trust[k]) for k in ("calibration", "abstain", "ood") if k in trust}
-    model_meta["trust"].get("abstain", {}).pop("risk_coverage", None)
-    model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta, extras=extras)
-    models_root = Path(models_dir or cfg.models_dir)
-    model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
-    best_path = save_model(model, models_root / "best")
-    results_doc = {
-        "run_id": run_id,
-        "created": model_meta["created"],
-        "config_source": cfg.source,
-        "config": cfg.raw,
-        "scaling": cfg.scaling,
-        # how the chosen backbone's features were computed (same answers need the same precision)
-        "runtime": _runtime(feats.meta),
-        "data": {"source": ds.source, "layout": ds.layout, "counts": ds.counts(), "notes": ds.notes},
-        "backbones": backbone_info,
-        "kernels": [r for r, _, _ in rows],
-        "fits": fits,
-        "selection": "accuracy on val, one-standard-error rule; ties go to the earlier backbone / "
-                     "kernel / C in config order",
-        "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
-                 "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
-                 "platt": list(platt),
-                 # where the decision values behind trust / predictions.csv came from
-                 "decision_values": "grid fit (equal to the refit on val)" if grid_dec is not None
-                                    else "refit model"},
-        "trust": trust,
-        "footnotes": _flag_footnotes(fits),
-        "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
-        # fit: the SVM grid; refit: the chosen model on the real kernel + Platt, with the OOD
-        # guard fitted meanwhile in a thread (ood_seconds, overlapping refit_seconds);
-        # calibration: per-row calibration summaries; trust: the wait for the guard after the
-        # refit, calibrator, abstain band and per-image rows of the best model; report: report.md / .csv / results.json / report.html.
-        "timings": {"extract_seconds": round(extract_seconds, 3),
-                    "fit_seconds": round(fit_seconds, 3),
-                    "refit_seconds": round(refit_seconds, 3),
-                    "calibration_seconds": round(calib_seconds, 3),
-                    "trust_seconds": round(trust_seconds, 3),
-                    "ood_seconds": (trust.get("ood") or {}).get("seconds", 0.0)},
-        "versions": dict(_versions(), animefaces=__version__),
-    }
-    t0 = time.perf_counter()
-    results_doc["timings"]["total_seconds"] = round(t0 - t_start, 3)  # before the reports
-    write_predictions(run_dir / "predictions.csv", per_image, root=_data_root(ds))
-    results_doc["predictions"] = {"file": "predictions.csv", "data_root": str(_data_root(ds))}
+    measured = without_bad(ds, feats.records, feats.bad)  # checked when extracted
+    # The run folder is made only now, as <name>.incomplete, and renamed when every report is
+    # in it: a sweep that fails leaves none (a killed one leaves one the next sweep removes).
+    run_dir, final_dir = _staged_run_dir(reports_root, run_name)
+    staging = run_dir
     try:
-        from .html_report import write_html_report
+        run_id = final_dir.name
+        model_meta = {
+            "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
+            "scaling": cfg.scaling, "features": feats.meta, "accuracy": best.accuracy,
+            "selected_on": cfg.select_on, "labels": {"1": "face", "0": "no_face"},
+            "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        model_meta["trust"] = {k: dict(trust[k]) for k in ("calibration", "abstain", "ood") if k in trust}
+        model_meta["trust"].get("abstain", {}).pop("risk_coverage", None)
+        model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta, extras=extras)
+        models_root = Path(models_dir or cfg.models_dir)
+        model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
+        best_path = save_model(model, models_root / "best")
+        results_doc = {
+            "run_id": run_id,
+            "created": model_meta["created"],
+            "config_source": cfg.source,
+            "config": cfg.raw,
+            "scaling": cfg.scaling,
+            # how the chosen backbone's features were computed (same answers need the same precision)
+            "runtime": _runtime(feats.meta),
+            # the images measured: after --skip-bad, what is left (the counts as read beside it)
+            "data": {"source": ds.source, "layout": ds.layout, "counts": measured.counts(),
+                     "notes": ds.notes,
+                     **({"counts_before_skip": ds.counts(), "n_left_out": len(feats.bad)}
+                        if feats.bad else {})},
+            "backbones": backbone_info,
+            "kernels": [r for r, _, _ in rows],
+            "fits": fits,
+            "selection": "accuracy on val, one-standard-error rule; ties go to the earlier backbone / "
+                         "kernel / C in config order",
+            "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
+                     "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
+                     "platt": list(platt),
+                     # where the decision values behind trust / predictions.csv came from
+                     "decision_values": "grid fit (equal to the refit on val)" if grid_dec is not None
+                                        else "refit model"},
+            "trust": trust,
+            "footnotes": _flag_footnotes(fits),
+            "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
+            # fit: the SVM grid; refit: the chosen model on the real kernel + Platt, with the OOD
+            # guard fitted meanwhile in a thread (ood_seconds, overlapping refit_seconds);
+            # calibration: per-row calibration summaries; trust: the wait for the guard after the
+            # refit, calibrator, abstain band and per-image rows of the best model; report: report.md / .csv / results.json / report.html.
+            "timings": {"extract_seconds": round(extract_seconds, 3),
+                        "fit_seconds": round(fit_seconds, 3),
+                        "refit_seconds": round(refit_seconds, 3),
+                        "calibration_seconds": round(calib_seconds, 3),
+                        "trust_seconds": round(trust_seconds, 3),
+                        "ood_seconds": (trust.get("ood") or {}).get("seconds", 0.0)},
+            "versions": dict(_versions(), animefaces=__version__),
+        }
+        t0 = time.perf_counter()
+        results_doc["timings"]["total_seconds"] = round(t0 - t_start, 3)  # before the reports
+        write_predictions(run_dir / "predictions.csv", per_image, root=_data_root(ds))
+        results_doc["predictions"] = {"file": "predictions.csv", "data_root": str(_data_root(ds))}
+        try:
+            from .html_report import write_html_report
 
-        write_html_report(run_dir, results=results_doc)
-    except ImportError as exc:  # matplotlib is the optional 'report' extra
-        _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
-    results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
-    results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
-    write_reports(results_doc, run_dir)  # results.json (with the report time), md, csv
-    _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
-         + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
-         + f"; model {model_path}", progress)
-    return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
+            write_html_report(run_dir, results=results_doc)
+        except ImportError as exc:  # matplotlib is the optional 'report' extra
+            _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
+        results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
+        results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
+        write_reports(results_doc, run_dir)  # results.json (with the report time), md, csv
+        run_dir = _finish_run_dir(run_dir, final_dir)
+        _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
+             + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
+             + f"; model {model_path}", progress)
+        return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
+        raise
 
 
 def _first_clause(exc: Exception) -> str:

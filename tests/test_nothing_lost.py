@@ -301,3 +301,154 @@ def test_predict_answers_every_input_and_the_exit_code_says_some_failed(trained,
         main(["predict", "--help"])
     assert "exit status: 0 every input answered; 1 some inputs could not be read" in \
         capsys.readouterr().out.replace("\n", " ").replace("  ", " ")
+
+
+# -- manifest paths outside the manifest's folder ---------------------------------------------------
+def _manifest(root: Path, rows: list[tuple[str, str, str]]) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    p = root / "manifest.csv"
+    p.write_text("path,label,split\n" + "".join(f"{a},{b},{c}\n" for a, b, c in rows))
+    return p
+
+
+def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
+    from animefaces.datasets import load_dataset
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data" / "images").mkdir(parents=True)
+    face_image(rng).save(tmp_path / "data" / "images" / "a.png")
+    noface_image(rng).save(tmp_path / "outside.png")
+    csv = _manifest(tmp_path / "data", [("images/a.png", "face", "train"),
+                                         ("../outside.png", "no_face", "train"),
+                                         ("/etc/passwd", "no_face", "train"),
+                                         ("images/../images/a.png", "face", "val")])
+    with pytest.raises(DatasetError, match=r"2 path\(s\) outside the manifest's folder .*line 3: "
+                                           r"\.\./outside.png; line 4: /etc/passwd.*--allow-outside-paths"):
+        load_dataset(csv)
+    # allowed: read, and noted (the duplicate check still applies to what is read)
+    csv = _manifest(tmp_path / "data", [("images/a.png", "face", "train"),
+                                         ("../outside.png", "no_face", "train")])
+    ds = load_dataset(csv, allow_outside=True)
+    assert len(ds.records) == 2 and "outside the manifest's folder, allowed" in ds.notes[0]
+
+
+def test_extract_cli_refuses_outside_paths_by_default(tmp_path, capsys):
+    from animefaces.cli import main
+
+    rng = np.random.default_rng(0)
+    (tmp_path / "data").mkdir()
+    face_image(rng).save(tmp_path / "data" / "a.png")
+    noface_image(rng).save(tmp_path / "b.png")
+    csv = _manifest(tmp_path / "data", [("a.png", "face", ""), ("../b.png", "no_face", "")])
+    args = ["extract", "--backbone", "tiny", "--weights", "random", "--data", str(csv),
+            "--cache-dir", str(tmp_path / "f"), "-q"]
+    assert main(args) == 2
+    assert "outside the manifest's folder" in capsys.readouterr().err
+    assert main(args + ["--allow-outside-paths"]) == 0
+    assert capsys.readouterr().out.startswith("tiny: 2 images")
+
+
+def test_shared_manifests_have_no_outside_paths():
+    """Refusing by default is safe for the project's own data."""
+    from conftest import SHARED
+
+    import csv as csvlib
+    from animefaces.datasets import _outside
+
+    manifests = sorted((SHARED / "data").glob("*/manifest.csv"))
+    if not manifests:
+        pytest.skip(f"no shared data under {SHARED / 'data'}")
+    for m in manifests:
+        with open(m, newline="", encoding="utf-8") as f:
+            assert not [r["path"] for r in csvlib.DictReader(f) if _outside(m.parent, r["path"])], m
+
+
+# -- --skip-bad: the splits are checked again; counts after skipping --------------------------------
+def _break(data: Path, names) -> None:
+    for n in names:
+        (data.parent / "images" / n).write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+
+
+def test_skip_bad_that_empties_a_val_class_stops_before_fitting_or_saving(tmp_path):
+    from animefaces.sweep import run_sweep
+
+    data = make_dataset(tmp_path / "data", n_per_class=(8, 3, 3, 0))
+    _break(data, [f"val-no_face-{i}.png" for i in range(3)])
+    models = tmp_path / "models"
+    with pytest.raises(DatasetError, match=r"split 'val' has no no_face images; every split needs "
+                                           r"both classes.*after leaving out 3 unreadable image\(s\) "
+                                           r"\(--skip-bad\), 3 of them from 'val': .*val-no_face-0.png"):
+        run_sweep(data, config=tiny_config(tmp_path), weights="random", skip_bad=True,
+                  models_dir=models, progress=False)
+    assert not models.exists()  # models/best is not replaced by a model chosen on faces only
+    assert not (tmp_path / "reports").exists() or not any((tmp_path / "reports").iterdir())
+
+
+def test_skip_bad_that_empties_a_train_class_or_a_split_is_a_dataset_error(tmp_path):
+    from animefaces.sweep import run_sweep
+
+    data = make_dataset(tmp_path / "data", n_per_class=(3, 3, 2, 0))
+    _break(data, [f"train-face-{i}.png" for i in range(3)])
+    with pytest.raises(DatasetError, match=r"split 'train' has no face images"):
+        run_sweep(data, config=tiny_config(tmp_path), weights="random", skip_bad=True, progress=False)
+    data = make_dataset(tmp_path / "data2", n_per_class=(3, 3, 1, 0))
+    _break(data, ["test-face-0.png", "test-no_face-0.png"])
+    with pytest.raises(DatasetError, match=r"empty split 'test': no images left"):
+        run_sweep(data, config=tiny_config(tmp_path), weights="random", skip_bad=True, progress=False)
+
+
+def test_skip_bad_reports_the_counts_measured(tmp_path):
+    from animefaces.sweep import run_sweep
+
+    data = make_dataset(tmp_path / "data", n_per_class=(8, 3, 3, 0))
+    _break(data, ["val-face-0.png", "train-no_face-1.png"])
+    res = run_sweep(data, config=tiny_config(tmp_path), weights="random", skip_bad=True, progress=False)
+    d = res.results["data"]
+    assert d["counts"]["val"] == {"face": 2, "no_face": 3}
+    assert d["counts"]["train"] == {"face": 8, "no_face": 7}
+    assert d["counts_before_skip"]["val"] == {"face": 3, "no_face": 3} and d["n_left_out"] == 2
+    md = (res.run_dir / "report.md").read_text()
+    assert "val: face 2, no_face 3" in md and "train-no_face-1.png" in md
+    assert json.loads((res.run_dir / "results.json").read_text())["data"]["counts"]["val"]["face"] == 2
+
+
+# -- run folders: none left by a failed or killed sweep ---------------------------------------------
+def test_failed_sweep_leaves_no_run_folder(tmp_path, tiny_dataset, monkeypatch):
+    from animefaces import report
+    from animefaces.sweep import run_sweep
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report, "write_reports", boom)
+    with pytest.raises(OSError, match="No space left"):
+        run_sweep(tiny_dataset, config=tiny_config(tmp_path), weights="random", progress=False)
+    assert list((tmp_path / "reports").iterdir()) == []
+    monkeypatch.undo()
+    # and one that fails before any report (a bad backbone) makes none at all
+    with pytest.raises(AnimeFacesError):
+        run_sweep(tiny_dataset, config=tiny_config(tmp_path), backbones=["vgg16"], progress=False)
+    assert list((tmp_path / "reports").iterdir()) == []
+
+
+def test_incomplete_run_folder_of_a_killed_sweep_is_removed_next_time(tmp_path, tiny_dataset, capsys):
+    import socket
+    import subprocess
+
+    from animefaces.sweep import run_sweep
+
+    reports = tmp_path / "reports"
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    killed = reports / "20200101-000000-tiny.incomplete"
+    killed.mkdir(parents=True)
+    (killed / "owner.json").write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname()}))
+    (killed / "predictions.csv").write_text("half")
+    running = reports / "20200101-000001-tiny.incomplete"  # a sweep still running: kept
+    running.mkdir()
+    (running / "owner.json").write_text(json.dumps({"pid": os.getppid(), "host": socket.gethostname()}))
+    res = run_sweep(tiny_dataset, config=tiny_config(tmp_path), weights="random", progress=True)
+    assert not killed.exists() and running.exists()
+    assert f"removed {killed}" in capsys.readouterr().err
+    assert sorted(p.name for p in reports.iterdir()) == sorted([running.name, res.run_dir.name])
+    assert not (res.run_dir / "owner.json").exists() and (res.run_dir / "report.md").is_file()
