@@ -4,6 +4,12 @@ Reads ``results.json`` and ``predictions.csv`` from the run folder and writes on
 every figure embedded as a base64 PNG (matplotlib, Agg canvas): no network, no scripts, no files
 beside it. The contact sheet of worst errors reads the images by path (``data_root`` in
 results.json) and embeds small thumbnails; the report is a local artefact, like the data.
+
+A run folder may come from elsewhere, so what it holds is data, never markup or a licence to
+read files: every value from results.json or predictions.csv is HTML-escaped (numbers are
+formatted only when they are numbers), the files the report reads are resolved and must lie
+inside the run folder (predictions) or the data folder (thumbnails), and a malformed file is an
+error naming it.
 """
 
 from __future__ import annotations
@@ -18,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AnimeFacesError
+from .errors import AnimeFacesError, BadImageError
+from .imageio import open_image
 from .report import runtime_line
 
 SPLIT_ORDER = ("train", "val", "test", "distinct")
@@ -42,7 +49,26 @@ def _by_count(d: dict) -> list:
 
 
 def _fmt(x, digits=3) -> str:
-    return "" if x is None else f"{x:.{digits}f}"
+    """A number with ``digits`` decimals; anything else (from a file) escaped as text."""
+    if x is None:
+        return ""
+    if isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_)):
+        return f"{x:.{digits}f}"
+    return _esc(x)
+
+
+def _inside(base: Path, name, *, what: str, source: Path) -> Path:
+    """``base / name`` resolved, refused unless it stays inside ``base``."""
+    if not isinstance(name, str) or not name:
+        raise AnimeFacesError(f"{source}: {what} = {name!r}; expected the name of a file in the run "
+                              f"folder (e.g. 'predictions.csv')")
+    base = base.resolve()
+    path = (base / name).resolve()
+    if not path.is_relative_to(base):
+        raise AnimeFacesError(f"{source}: {what} = {name!r} points outside the run folder {base}; a "
+                              f"report reads only files inside its run folder: set it to "
+                              f"'predictions.csv', or rerun `animefaces sweep`")
+    return path
 
 
 def read_predictions(path: os.PathLike | str) -> dict[str, np.ndarray]:
@@ -215,15 +241,19 @@ def fig_contact_sheet(pred, root: Path | None, *, kind: str, n: int = 12, cols: 
     font = ImageFont.load_default(size=11)
     for k, i in enumerate(idx):
         x0, y0 = (k % cols) * cell_w, (k // cols) * (thumb + text_h + 8)
-        path = Path(root, pred["path"][i]) if root is not None else Path(pred["path"][i])
+        rel = str(pred["path"][i])
+        path = Path(root, rel) if root is not None else Path(rel)
         try:
-            with Image.open(path) as im:
-                im.draft("RGB", (thumb, thumb))
-                t = im.convert("RGB")
-                t.thumbnail((thumb, thumb))
+            if root is not None and not path.resolve().is_relative_to(root.resolve()):
+                raise BadImageError(path, "outside the data folder")
+            # open_image: regular files only, the pixel limit, JPEG draft decoding
+            t = open_image(path, draft_size=(thumb, thumb))
+            t.thumbnail((thumb, thumb))
             sheet.paste(t, (x0 + (cell_w - t.width) // 2, y0 + text_h + (thumb - t.height) // 2))
-        except (OSError, ValueError):
-            draw.text((x0 + 20, y0 + text_h + thumb // 2), "image not found", fill="black", font=font)
+        except (BadImageError, OSError, ValueError) as exc:
+            why = exc.reason if isinstance(exc, BadImageError) else "unreadable"
+            text = "image not found" if why == "no such file" else why
+            draw.text((x0 + 4, y0 + text_h + thumb // 2), text[:26], fill="black", font=font)
         draw.text((x0 + 4, y0 + 2), f"P(face)={pred['p'][i]:.3f}  {pred['split'][i]}", fill="black", font=font)
         group = str(pred["group"][i])
         draw.text((x0 + 4, y0 + 15), group[:24], fill=(90, 90, 90), font=font)
@@ -250,7 +280,7 @@ def _tables_1_2(results) -> str:
     best = results.get("best") or {}
 
     def cell(r, s):
-        v = _esc(_fmt(r.get(s)))
+        v = _fmt(r.get(s))
         return f"<b>{v}</b>" if r["backbone"] == best.get("backbone") and r["kernel"] == best.get("kernel") else v
 
     def name(r):
@@ -274,8 +304,9 @@ def _tables_1_2(results) -> str:
             cells = [name(r), _esc(r["kernel"]), _esc(c["method"])]
             for s in splits:
                 m = c["splits"].get(s)
-                cells += ([f"{m['raw']['ece']:.3f} &rarr; {m['calibrated']['ece']:.3f}",
-                           f"{m['raw']['brier']:.4f} &rarr; {m['calibrated']['brier']:.4f}"] if m else ["", ""])
+                cells += ([f"{_fmt(m['raw']['ece'])} &rarr; {_fmt(m['calibrated']['ece'])}",
+                           f"{_fmt(m['raw']['brier'], 4)} &rarr; {_fmt(m['calibrated']['brier'], 4)}"]
+                          if m else ["", ""])
             body.append(cells)
         out += [f"<h2>Table 3: calibration of P(face): ECE ({_esc(cal_rows[0]['calibration'].get('ece_bins', 15))} "
                 "bins) and Brier, before &rarr; after (calibrator fitted on val; val is in-sample)</h2>",
@@ -310,7 +341,7 @@ def _trust_sections(results, pred, splits) -> str:
     band = tuple(ab["band"]) if ab and ab.get("band") else None
     if ab:
         out.append("<h2>Abstention</h2>")
-        out.append(f"<p>Band: {'off' if band is None else f'<b>unsure</b> when {band[0]:.4f} &lt; P(face) &lt; {band[1]:.4f}'}"
+        out.append(f"<p>Band: {'off' if band is None else f'<b>unsure</b> when {_fmt(band[0], 4)} &lt; P(face) &lt; {_fmt(band[1], 4)}'}"
                    f" ({_esc(ab.get('how', ''))}).</p>")
         out.append(_table(["split", "coverage", "risk when answering", "risk answering all"],
                           [[_esc(s), _fmt(v["coverage"]), _fmt(v["risk"], 4), _fmt(v["full_risk"], 4)]
@@ -320,14 +351,14 @@ def _trust_sections(results, pred, splits) -> str:
     if ood:
         thr = ood.get("thresholds", {})
         out.append("<h2>Out-of-domain guard</h2>")
-        out.append(f"<p>Feature-distance thresholds: colour {thr.get('colour', float('nan')):.3f}, grayscale "
-                   f"{thr.get('gray', float('nan')):.3f} ({_esc(ood['info'].get('reference'))}, quantile "
+        out.append(f"<p>Feature-distance thresholds: colour {_fmt(thr.get('colour', float('nan')))}, grayscale "
+                   f"{_fmt(thr.get('gray', float('nan')))} ({_esc(ood['info'].get('reference'))}, quantile "
                    f"{_esc(ood['quantile'])}, k = {_esc(ood['k'])}); image statistics: tiny &lt; "
                    f"{_esc(ood['min_side'])} px, flat &lt; {_esc(ood['flat_resid'])}, noise &lt; "
                    f"{_esc(ood['noise_autocorr'])}, text slides {'on' if ood.get('text') else 'off'}. "
                    f"Every image below is an anime image, so each flag is a false flag.</p>")
         out.append(_table(["split", "flagged", "rate", "by reason", "groups with most flags"],
-                          [[_esc(s), f"{v['flagged']} / {v['n']}", _fmt(v["rate"]),
+                          [[_esc(s), f"{_esc(v['flagged'])} / {_esc(v['n'])}", _fmt(v["rate"]),
                             _esc(", ".join(f"{k} {n}" for k, n in _by_count(v["by_reason"]))),
                             _esc(", ".join(f"{k} {n}" for k, n in _by_count(v.get("top_groups", {}))))]
                            for s, v in _by_split(ood["false_flags"])]))
@@ -346,16 +377,41 @@ img{max-width:100%;display:block;margin:.5em 0}.low{color:#b00;font-weight:bold}
 
 def build_html(run_dir: os.PathLike | str, results: dict | None = None) -> str:
     """The report for a run folder, as one HTML string (``results``: the run's results.json
-    document when the caller has it in memory; read from the folder otherwise)."""
+    document when the caller has it in memory; read from the folder otherwise).
+
+    Raises:
+        AnimeFacesError: no results.json, or one that is not valid JSON, of another layout, or
+            names a predictions file outside the run folder.
+    """
     run_dir = Path(run_dir)
     res_path = run_dir / "results.json"
-    if results is None:
-        if not res_path.is_file():
-            raise AnimeFacesError(f"{run_dir}: no results.json; pass a run folder written by "
-                                  f"`animefaces sweep` (e.g. reports/20260101-120000-default)")
+    if results is not None:
+        return _build_html(run_dir, results, res_path)
+    if not res_path.is_file():
+        raise AnimeFacesError(f"{run_dir}: no results.json; pass a run folder written by "
+                              f"`animefaces sweep` (e.g. reports/20260101-120000-default)")
+    try:
         results = json.loads(res_path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AnimeFacesError(f"{res_path}: not valid JSON ({exc}); rerun `animefaces sweep` to "
+                              f"write it again") from None
+    try:
+        if not isinstance(results, dict):
+            raise TypeError(f"the top level is a {type(results).__name__}, not an object")
+        return _build_html(run_dir, results, res_path)
+    except AnimeFacesError:
+        raise
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as exc:
+        # a file of another version, edited or made up: say which, not a traceback from inside
+        raise AnimeFacesError(f"{res_path}: not a results.json this version can read "
+                              f"({type(exc).__name__}: {exc}); rerun `animefaces sweep` to write "
+                              f"it again") from None
+
+
+def _build_html(run_dir: Path, results: dict, res_path: Path) -> str:
     pinfo = results.get("predictions") or {}
-    pred_path = run_dir / pinfo.get("file", "predictions.csv")
+    pred_path = _inside(run_dir, pinfo.get("file", "predictions.csv"), what="predictions.file",
+                        source=res_path)
     best = results.get("best") or {}
     parts = [f"<h1>animefaces sweep {_esc(results.get('run_id', run_dir.name))}</h1>",
              "<ul>",
@@ -372,7 +428,11 @@ def build_html(run_dir: os.PathLike | str, results: dict | None = None) -> str:
              "</ul>",
              _tables_1_2(results)]
     if pred_path.is_file():
-        pred = read_predictions(pred_path)
+        try:
+            pred = read_predictions(pred_path)
+        except (KeyError, ValueError, csv.Error, UnicodeDecodeError) as exc:
+            raise AnimeFacesError(f"{pred_path}: not a predictions.csv this version can read "
+                                  f"({type(exc).__name__}: {exc}); rerun `animefaces sweep`") from None
         splits = _splits(pred)
         root = Path(pinfo["data_root"]) if pinfo.get("data_root") else None
         parts += ["<h2>Best model: accuracy per group (series) on each split</h2>",
@@ -389,7 +449,7 @@ def build_html(run_dir: os.PathLike | str, results: dict | None = None) -> str:
             sheet = fig_contact_sheet(pred, root, kind=kind)
             parts += [f"<h3>{title}</h3>", sheet or "<p>none</p>"]
     else:
-        parts.append(f"<p>No {pred_path.name} in the run folder: per-image figures left out.</p>")
+        parts.append(f"<p>No {_esc(pred_path.name)} in the run folder: per-image figures left out.</p>")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             f"<title>animefaces {_esc(results.get('run_id', ''))}</title><style>{CSS}</style></head>"
             "<body>\n" + "\n".join(parts) + "\n</body></html>\n")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import re
 from pathlib import Path
 
 from .cache import atomic_write_bytes, atomic_write_json
@@ -19,12 +20,41 @@ SPLITS = ("train", "val", "test", "distinct")
 FLAG_MARKERS = {"one_class": "†", "near_majority": "‡"}
 
 
+# Markdown viewers render inline HTML and links: a file or folder named "<script>..." or
+# "[x](javascript:...)" must reach report.md as text. Backslash escapes work for any ASCII
+# punctuation in CommonMark; "_" is left alone (intraword, as in mobilenet_v2, it is plain text).
+_MD_SPECIAL = re.compile(r"([\\`*\[\]|<>])")
+
+
+def _md(x) -> str:
+    """``x`` as Markdown text: one line, HTML and link syntax escaped, table-cell safe."""
+    text = " ".join(str(x).split()).replace("&", "&amp;")
+    return _MD_SPECIAL.sub(r"\\\1", text)
+
+
+def _code(x) -> str:
+    """``x`` as a Markdown code span (shown verbatim: nothing in it is markup), fenced with more
+    backticks than it holds in a row. For list items, not table cells (a ``|`` would split one)."""
+    text = " ".join(str(x).splitlines())
+    fence = "`" * (max((len(m) for m in re.findall("`+", text)), default=0) + 1)
+    pad = " " if text.startswith("`") or text.endswith("`") else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _num(x, spec: str) -> str:
+    """``format(x, spec)`` for a number; anything else as Markdown text (never a crash on a
+    string where a number was expected)."""
+    if isinstance(x, (int, float)) and not isinstance(x, bool):
+        return format(x, spec)
+    return _md(x)
+
+
 def _fmt(x) -> str:
-    return "" if x is None else f"{x:.3f}"
+    return "" if x is None else _num(x, ".3f")
 
 
 def _fmt4(x) -> str:
-    return "" if x is None else f"{x:.4f}"
+    return "" if x is None else _num(x, ".4f")
 
 
 def _params_str(params: dict) -> str:
@@ -57,7 +87,7 @@ def _csv(rows: list[dict], columns: list[str]) -> bytes:
 
 
 def _name(r: dict) -> str:
-    return r["backbone"] + (" (random weights)" if r["random_weights"] else "")
+    return _md(r["backbone"]) + (" (random weights)" if r["random_weights"] else "")
 
 
 def _mark(r: dict, split: str, best: dict) -> str:
@@ -74,7 +104,7 @@ def table1_markdown(results: dict) -> str:
              "|---|---|---|---|---|---|"]
     for r in rows:
         flag = " " + " ".join(r["flags"]) if r["flags"] else ""
-        lines.append(f"| {_name(r)} | {r['kernel']}{flag} | {r['params']} | {_mark(r, 'train', best)} "
+        lines.append(f"| {_name(r)} | {_md(r['kernel'])}{flag} | {_md(r['params'])} | {_mark(r, 'train', best)} "
                      f"| {_mark(r, 'val', best)} | {_mark(r, 'test', best)} |")
     return "\n".join(lines)
 
@@ -88,7 +118,7 @@ def table2_markdown(results: dict) -> str:
             for r in rows}
     lines = ["| kernel | " + " | ".join(backbones) + " |", "|---" * (len(backbones) + 1) + "|"]
     for k in kernels:
-        lines.append(f"| {k} | " + " | ".join(cell.get((b, k), "") or "n/a" for b in backbones) + " |")
+        lines.append(f"| {_md(k)} | " + " | ".join(cell.get((b, k), "") or "n/a" for b in backbones) + " |")
     return "\n".join(lines)
 
 
@@ -107,23 +137,23 @@ def runtime_line(rt: dict) -> str:
 def summary_markdown(results: dict) -> str:
     best = results.get("best") or {}
     data = results["data"]
-    out = [f"# animefaces sweep {results['run_id']}", "",
-           f"- data: `{data['source']}` ({', '.join(f'{s}: ' + ', '.join(f'{k} {v}' for k, v in c.items()) for s, c in data['counts'].items())})",
-           f"- config: `{results['config_source']}`; feature scaling: **{results['scaling']}**",
-           *([f"- features computed with: {runtime_line(results['runtime'])}"]
+    out = [f"# animefaces sweep {_md(results['run_id'])}", "",
+           f"- data: {_code(data['source'])} ({_md(', '.join(f'{s}: ' + ', '.join(f'{k} {v}' for k, v in c.items()) for s, c in data['counts'].items()))})",
+           f"- config: {_code(results['config_source'])}; feature scaling: **{_md(results['scaling'])}**",
+           *([f"- features computed with: {_md(runtime_line(results['runtime']))}"]
              if results.get("runtime") else []),
-           f"- best on val (never test): **{best.get('backbone')} {best.get('kernel')}** "
-           f"({_params_str(best.get('params', {}))}) -> "
-           + ", ".join(f"{s} {_fmt(a)}" for s, a in best.get("accuracy", {}).items()),
-           f"- model: `{best.get('model')}`",
-           f"- time: extract {results['timings']['extract_seconds']:.1f} s, "
-           f"SVM fits {results['timings']['fit_seconds']:.1f} s, total {results['timings'].get('total_seconds', 0):.1f} s"]
+           f"- best on val (never test): **{_md(best.get('backbone'))} {_md(best.get('kernel'))}** "
+           f"({_md(_params_str(best.get('params', {})))}) -> "
+           + ", ".join(f"{_md(s)} {_fmt(a)}" for s, a in best.get("accuracy", {}).items()),
+           f"- model: {_code(best.get('model'))}",
+           f"- time: extract {_num(results['timings']['extract_seconds'], '.1f')} s, "
+           f"SVM fits {_num(results['timings']['fit_seconds'], '.1f')} s, total {_num(results['timings'].get('total_seconds', 0), '.1f')} s"]
     for note in data.get("notes", []):
-        out.append(f"- note: {note}")
+        out.append(f"- note: {_md(note)}")
     skipped = {n: i for n, i in results["backbones"].items() if i["status"] != "ok"}
     random_rows = [n for n, i in results["backbones"].items() if i.get("random_weights")]
     if random_rows:
-        out.append(f"- **random weights** (explicit --weights random, for tests only): {', '.join(random_rows)}")
+        out.append(f"- **random weights** (explicit --weights random, for tests only): {_md(', '.join(random_rows))}")
     out += ["", "## Table 1: accuracy on train / val / test (derivative: same anime as training)", "",
             table1_markdown(results), ""]
     if any("distinct" in f["accuracy"] for f in results["fits"]):
@@ -133,7 +163,7 @@ def summary_markdown(results: dict) -> str:
         out += ["## Skipped backbones", ""]
         # the first sentence says what is missing and where it goes; the rest (where to get
         # the file) is the same advice for each: `animefaces backbones -v` has it in full
-        out += [f"- **{n}**: {i['reason'].split('. ')[0].rstrip('.')}" for n, i in skipped.items()]
+        out += [f"- **{_md(n)}**: {_md(i['reason'].split('. ')[0].rstrip('.'))}" for n, i in skipped.items()]
         out += ["", "Where to get each file: `animefaces backbones -v`.", ""]
     if any(r.get("calibration") for r in table_rows(results)):
         out += ["## Table 3: calibration of P(face) (ECE, 15 bins / Brier; before -> after; "
@@ -141,10 +171,10 @@ def summary_markdown(results: dict) -> str:
     out += trust_markdown(results)
     footnotes = results.get("footnotes") or []
     if footnotes:
-        out += ["## Notes", ""] + [f"- {f}" for f in footnotes] + [""]
+        out += ["## Notes", ""] + [f"- {_md(f)}" for f in footnotes] + [""]
     if results.get("bad_files"):
         out += ["## Images left out (--skip-bad)", ""]
-        out += [f"- `{b['path']}`: {b['reason']}" for b in results["bad_files"]]
+        out += [f"- {_code(b['path'])}: {_md(b['reason'])}" for b in results["bad_files"]]
         out.append("")
     return "\n".join(out)
 
@@ -164,9 +194,9 @@ def calibration_markdown(results: dict) -> str:
             if not m:
                 cells += ["", ""]
                 continue
-            cells += [f"{m['raw']['ece']:.3f} -> {m['calibrated']['ece']:.3f}",
-                      f"{m['raw']['brier']:.4f} -> {m['calibrated']['brier']:.4f}"]
-        lines.append(f"| {_name(r)} | {r['kernel']} | {c['method']} | " + " | ".join(cells) + " |")
+            cells += [f"{_fmt(m['raw']['ece'])} -> {_fmt(m['calibrated']['ece'])}",
+                      f"{_fmt4(m['raw']['brier'])} -> {_fmt4(m['calibrated']['brier'])}"]
+        lines.append(f"| {_name(r)} | {_md(r['kernel'])} | {_md(c['method'])} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -178,32 +208,32 @@ def trust_markdown(results: dict) -> list[str]:
     if ab:
         band = ab.get("band")
         out += ["## Abstention (best model)", "",
-                f"- band: {'off' if band is None else f'unsure when {band[0]:.4f} < P(face) < {band[1]:.4f}'}"
-                f" ({ab.get('how')})", "",
+                f"- band: {'off' if band is None else f'unsure when {_fmt4(band[0])} < P(face) < {_fmt4(band[1])}'}"
+                f" ({_md(ab.get('how'))})", "",
                 "| split | coverage | risk when answering | risk answering all | AURC |", "|---|---|---|---|---|"]
         for s, v in ab["splits"].items():
             rc = ab.get("risk_coverage", {}).get(s, {})
-            out.append(f"| {s} | {_fmt(v['coverage'])} | {_fmt4(v['risk'])} | {_fmt4(v['full_risk'])} "
+            out.append(f"| {_md(s)} | {_fmt(v['coverage'])} | {_fmt4(v['risk'])} | {_fmt4(v['full_risk'])} "
                        f"| {_fmt4(rc.get('aurc'))} |")
         out.append("")
     ood = trust.get("ood")
     if ood:
         thr = ood.get("thresholds", {})
         out += ["## Out-of-domain guard (best model)", "",
-                f"- feature distance thresholds: colour {thr.get('colour', float('nan')):.3f}, "
-                f"grayscale {thr.get('gray', float('nan')):.3f} ({ood['info'].get('reference')}, "
-                f"quantile {ood['quantile']}, k = {ood['k']})",
-                *([f"- weak threshold {thr['weak']:.3f} (quantile {ood.get('weak_quantile')}), used with "
+                f"- feature distance thresholds: colour {_fmt(thr.get('colour', float('nan')))}, "
+                f"grayscale {_fmt(thr.get('gray', float('nan')))} ({_md(ood['info'].get('reference'))}, "
+                f"quantile {_md(ood['quantile'])}, k = {_md(ood['k'])})",
+                *([f"- weak threshold {_fmt(thr['weak'])} (quantile {_md(ood.get('weak_quantile'))}), used with "
                    f"the soft-grayscale and palette-graphic statistics; their rates on the reference "
-                   f"images: " + ", ".join(f"{k} {v:.2%}" for k, v in ood.get("weak_rates", {}).items())
-                   + (f"; turned off (over {ood.get('max_weak_rate', 0.02):.0%}): "
-                      + ", ".join(ood["weak_off"]) if ood.get("weak_off") else "")]
+                   f"images: " + ", ".join(f"{_md(k)} {_num(v, '.2%')}" for k, v in ood.get("weak_rates", {}).items())
+                   + (f"; turned off (over {_num(ood.get('max_weak_rate', 0.02), '.0%')}): "
+                      + _md(", ".join(ood["weak_off"])) if ood.get("weak_off") else "")]
                   if "weak" in thr else []),
                 "- flags on the data, all of which are anime images (false flags):", "",
                 "| split | flagged | rate | by reason |", "|---|---|---|---|"]
         for s, v in ood["false_flags"].items():
-            reasons = ", ".join(f"{k} {n}" for k, n in v["by_reason"].items())
-            out.append(f"| {s} | {v['flagged']} / {v['n']} | {_fmt(v['rate'])} | {reasons} |")
+            reasons = _md(", ".join(f"{k} {n}" for k, n in v["by_reason"].items()))
+            out.append(f"| {_md(s)} | {_md(v['flagged'])} / {_md(v['n'])} | {_fmt(v['rate'])} | {reasons} |")
         out.append("")
     return out
 

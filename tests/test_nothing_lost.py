@@ -452,3 +452,129 @@ def test_incomplete_run_folder_of_a_killed_sweep_is_removed_next_time(tmp_path, 
     assert f"removed {killed}" in capsys.readouterr().err
     assert sorted(p.name for p in reports.iterdir()) == sorted([running.name, res.run_dir.name])
     assert not (res.run_dir / "owner.json").exists() and (res.run_dir / "report.md").is_file()
+
+
+# -- animefaces report: a hostile results.json is data, not markup or a licence to read files -------
+H = "<script>alert(1)</script>\"'><img src=x onerror=alert(2)>[a](javascript:alert(3))"
+_KEEP = {"status", "file", "data_root"}  # values the report branches on (kept to reach every section)
+
+
+def _hostile(obj, key=None):
+    if isinstance(obj, dict):
+        return {k: _hostile(v, k) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_hostile(v, key) for v in obj]
+    if isinstance(obj, str) and key not in _KEEP:
+        return obj + H
+    return obj
+
+
+def _hostile_keys(d: dict) -> dict:
+    return {k + H: v for k, v in d.items()}
+
+
+@pytest.fixture
+def hostile_run(trained, tmp_path):
+    import csv as csvlib
+    import shutil
+
+    _, res = trained
+    run = tmp_path / "run"
+    shutil.copytree(res.run_dir, run)
+    r = _hostile(json.loads((run / "results.json").read_text()))
+    r["data"]["counts"] = _hostile_keys({k: _hostile_keys(v) for k, v in r["data"]["counts"].items()})
+    r["backbones"] = _hostile_keys(r["backbones"])
+    ood = r["trust"]["ood"]
+    ood["false_flags"] = _hostile_keys(ood["false_flags"])
+    for v in ood["false_flags"].values():
+        v["flagged"], v["n"], v["rate"] = H, H, H
+        v["by_reason"] = {H: 1}
+        v["top_groups"] = {H: 2}
+    ood["thresholds"]["colour"] = H
+    r["trust"]["abstain"]["splits"] = _hostile_keys(r["trust"]["abstain"]["splits"])
+    sel = next(f for f in r["fits"] if f["selected"] and f.get("calibration"))
+    next(iter(sel["calibration"]["splits"].values()))["raw"]["ece"] = H
+    r["footnotes"] = [H]
+    r["bad_files"] = [{"path": f"/data/{H}.png", "reason": H}]
+    (run / "results.json").write_text(json.dumps(r))
+    # predictions.csv: hostile groups, and error rows whose image paths leave the data folder
+    rows = list(csvlib.DictReader(open(run / "predictions.csv", newline="")))
+    escapes = ["../../../../../../etc/passwd", "/etc/passwd", H]
+    k = 0
+    for row in rows:
+        row["group"] = H
+        if row["split"] == "val" and k < len(escapes):
+            row["path"] = escapes[k]
+            row["y"] = "0" if float(row["p"]) >= 0.5 else "1"  # a worst error: on the contact sheet
+            k += 1
+    with open(run / "predictions.csv", "w", newline="") as f:
+        w = csvlib.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return run, r
+
+
+def test_hostile_results_json_is_escaped_everywhere(hostile_run, monkeypatch):
+    from animefaces import html_report
+
+    run, results = hostile_run
+    opened = []
+    real_open = html_report.open_image
+
+    def spy(path, **kw):
+        opened.append(str(path))
+        return real_open(path, **kw)
+
+    monkeypatch.setattr(html_report, "open_image", spy)
+    page = html_report.build_html(run)
+    assert "<script" not in page.lower() and "<img src=x" not in page
+    assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10  # the values are shown, as text
+    assert opened and not any("passwd" in p for p in opened)  # leaving the data folder: not read
+    # report.md from the same document: no live HTML, no links
+    from animefaces.report import summary_markdown, table1_markdown, trust_markdown
+
+    import re
+
+    md = summary_markdown(results) + table1_markdown(results) + "\n".join(trust_markdown(results))
+    # outside code spans (shown verbatim by every renderer), no "<" that starts a tag and no
+    # "](" that makes a link: each is backslash-escaped
+    text = re.sub(r"(`+)(?:(?!\1).)+?\1", "", md)
+    assert re.search(r"(?<!\\)<[A-Za-z/!?]", text) is None  # how an HTML tag starts
+    assert re.search(r"(?<!\\)\]\(", text) is None
+    assert "\\<script\\>alert(1)" in md and f"`/data/{H}.png`" in md
+
+
+@pytest.mark.parametrize("name", ["../../../../../../../../etc/passwd", "/etc/passwd", "sub/../../x.csv"])
+def test_report_inputs_must_stay_inside_the_run_folder(hostile_run, name, capsys):
+    from animefaces.cli import main
+
+    run, results = hostile_run
+    results["predictions"]["file"] = name
+    (run / "results.json").write_text(json.dumps(results))
+    assert main(["report", str(run), "-o", str(run / "r.html")]) == 2
+    err = capsys.readouterr().err
+    assert "predictions.file" in err and "points outside the run folder" in err and "Traceback" not in err
+    assert not (run / "r.html").exists()
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{", "not valid JSON"),
+    ("[1, 2]", "not a results.json this version can read"),
+    ('{"data": 5}', "not a results.json this version can read"),
+    ('{"predictions": {"file": 7}}', r"predictions.file = 7; expected the name of a file"),
+])
+def test_malformed_results_json_is_named_not_a_traceback(tmp_path, content, match):
+    from animefaces.html_report import build_html
+
+    (tmp_path / "results.json").write_text(content)
+    with pytest.raises(AnimeFacesError, match=match):
+        build_html(tmp_path)
+
+
+def test_malformed_predictions_csv_is_named(hostile_run):
+    from animefaces.html_report import build_html
+
+    run, _ = hostile_run
+    (run / "predictions.csv").write_text("path,split,y,p,decision\na.png,val,notanumber,0.5,1\n")
+    with pytest.raises(AnimeFacesError, match="predictions.csv: not a predictions.csv this version can read"):
+        build_html(run)
