@@ -86,14 +86,15 @@ def _fit_isotonic(s, y) -> dict:
 ISOTONIC_MIN_ERRORS = 10
 
 
-def _clip_range(y) -> list[float]:
-    """The most confident P that ``n`` val images can back: Laplace's (n + 1) / (n + 2).
+# P(face) is kept inside [P_CLIP, 1 - P_CLIP]: a calibrator must not claim certainty (exactly 0 or
+# 1) for an image far from the boundary, which for an image of an anime never seen may well be
+# wrong. Fixed rather than tied to the val size: a (n+1)/(n+2) bound put every answer of a model
+# with a small val split inside the abstain band.
+P_CLIP = 1e-4
 
-    A calibrator fitted on a val split with no errors would otherwise claim certainty (P exactly
-    0 or 1) for any image far from the boundary, including images of anime never seen.
-    """
-    n = len(y)
-    return [1.0 / (n + 2), (n + 1.0) / (n + 2)]
+
+def _clip_range(y) -> list[float]:
+    return [P_CLIP, 1.0 - P_CLIP]
 
 
 def apply_calibrator(cal: dict, decision) -> np.ndarray:

@@ -43,8 +43,8 @@ def test_separable_val_keeps_probabilities_strictly_inside_0_1(method):
     p = apply_calibrator(cal, far)
     assert np.all(p > 0) and np.all(p < 1), p
     assert np.all(np.diff(p) >= 0)  # still monotone
-    # and not pinned to the ends: a far-out image is at most (n+1)/(n+2) sure
-    assert p.max() <= 401 / 402 + 1e-12 and p.min() >= 1 / 402 - 1e-12
+    # and not pinned to the ends, however far out
+    assert p.max() <= 1 - 1e-4 + 1e-12 and p.min() >= 1e-4 - 1e-12
 
 
 def test_auto_still_considers_isotonic_with_enough_val_errors():
