@@ -41,3 +41,34 @@ def set_aside(path: os.PathLike | str, reason: str, *, what: str = "cache file")
     print(f"animefaces: {what} {path} is damaged ({reason}); moved aside to {target.name} and "
           f"rebuilt (delete it once you no longer need it)", file=sys.stderr)
     return target
+
+
+def write_failed(exc: OSError, *, what: str, folder: os.PathLike | str, saved: str,
+                 flag: str = "") -> "AnimeFacesError":
+    """The one-line error for a write that the file system refused (disk full, quota, read-only).
+
+    Args:
+        exc: the OSError raised by the write.
+        what: what was being written (``"a model"``, ``"a feature cache shard"``).
+        folder: where it was being written.
+        saved: what is on disk despite the failure (``"the models already there are unchanged"``).
+        flag: the option that chooses another folder (``"--models-dir"``), for the fix.
+
+    Returns:
+        An :class:`~animefaces.errors.AnimeFacesError` to raise ``from exc``.
+    """
+    import errno
+
+    from .errors import AnimeFacesError
+
+    code = exc.errno
+    name = errno.errorcode.get(code, str(code)) if code is not None else type(exc).__name__
+    reason = exc.strerror or str(exc)
+    other = f"choose another folder ({flag})" if flag else "choose another folder"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        fix = f"free some space there, or {other}, and run again"
+    elif code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = f"make the folder writable, or {other}, and run again"
+    else:
+        fix = f"fix the folder, or {other}, and run again"
+    return AnimeFacesError(f"cannot write {what} into {folder}: {reason} ({name}); {saved}; {fix}")

@@ -19,6 +19,7 @@ is nowhere else for them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -135,7 +136,7 @@ def _scan_shard(path: Path) -> tuple[list[str], int, int | None]:
     """A shard's keys, feature width and the byte offset of its feature rows in the file (None
     if the member is compressed), keeping no feature rows in memory. Raises on anything
     malformed: not a zip, a member missing or of the wrong size (truncated), a CRC mismatch, a
-    shape or dtype that does not match."""
+    shape or dtype that does not match, feature values that are NaN or infinite."""
     with zipfile.ZipFile(path) as zf:
         with zf.open("keys.npy") as fp:
             keys = np.lib.format.read_array(fp, allow_pickle=False)
@@ -143,16 +144,24 @@ def _scan_shard(path: Path) -> tuple[list[str], int, int | None]:
         with zf.open(info) as fp:
             shape, fortran, dtype = _read_npy_header(fp)
             header_len = fp.tell()
-            # Read (and drop) the rows, 256 KiB at a time: zipfile checks the CRC at the end, so a
-            # damaged shard is found here and recomputed, not when its rows are wanted.
-            while fp.read(1 << 18):
-                pass
+            if np.dtype(dtype) != _FEATURE_DTYPE:
+                raise ValueError(f"features are {dtype}, not float32")
+            # Read the rows, 256 KiB at a time, and drop them: zipfile checks the CRC at the end,
+            # so a damaged shard is found here and recomputed, not when its rows are wanted; and
+            # a NaN row would reach every SVM fitted on it (they are never written: see add).
+            nonfinite, rest = 0, b""
+            while chunk := fp.read(1 << 18):
+                buf = rest + chunk
+                whole = len(buf) - len(buf) % _FEATURE_DTYPE.itemsize
+                vals = np.frombuffer(buf, _FEATURE_DTYPE, count=whole // _FEATURE_DTYPE.itemsize)
+                nonfinite += int(vals.size - np.count_nonzero(np.isfinite(vals)))
+                rest = buf[whole:]
     if keys.ndim != 1 or len(shape) != 2 or shape[0] != len(keys) or fortran:
-        raise ValueError(f"shard {path.name}: keys {keys.shape} vs features {shape}")
-    if np.dtype(dtype) != _FEATURE_DTYPE:
-        raise ValueError(f"shard {path.name}: features are {dtype}, not float32")
+        raise ValueError(f"keys {keys.shape} vs features {shape}")
+    if nonfinite:
+        raise ValueError(f"{nonfinite} feature value(s) are NaN or infinite")
     if info.file_size != header_len + shape[0] * shape[1] * _FEATURE_DTYPE.itemsize:
-        raise ValueError(f"shard {path.name}: features member has the wrong size")
+        raise ValueError("the features member has the wrong size (truncated)")
     offset = None
     if info.compress_type == zipfile.ZIP_STORED and not info.flag_bits & 0x1:
         # np.savez stores members uncompressed: the rows lie as they are in the file, after the
@@ -162,7 +171,7 @@ def _scan_shard(path: Path) -> tuple[list[str], int, int | None]:
             local = f.read(zipfile.sizeFileHeader)
         fields = struct.unpack(zipfile.structFileHeader, local)
         if fields[0] != zipfile.stringFileHeader:
-            raise ValueError(f"shard {path.name}: bad local header")
+            raise ValueError("bad zip local header")
         offset = (info.header_offset + zipfile.sizeFileHeader + fields[10] + fields[11]
                   + header_len)
     keys = [k.decode() if isinstance(k, bytes) else str(k) for k in keys.tolist()]
@@ -182,6 +191,15 @@ def _read_shard_features(path: Path, n: int, d: int, offset: int | None) -> np.n
     if feats.dtype != _FEATURE_DTYPE or feats.shape != (n, d):
         raise ValueError(f"features {feats.dtype} {feats.shape}, expected float32 {(n, d)}")
     return feats
+
+
+def _width(value) -> int | None:
+    """A feature width from metadata (None when missing or not a positive integer)."""
+    try:
+        d = int(value)
+    except (TypeError, ValueError):
+        return None
+    return d if d > 0 else None
 
 
 class _ShardGone(Exception):
@@ -227,20 +245,36 @@ class FeatureCache:
         if self.dir is None:
             return
         meta_path = self.dir / "meta.json"
+        on_disk = {}
         if meta_path.is_file():
             try:
                 on_disk = json.loads(meta_path.read_text())
             except (OSError, json.JSONDecodeError):
                 on_disk = {}
+            on_disk = on_disk if isinstance(on_disk, dict) else {}
             if on_disk.get("fingerprint") not in (None, self.fingerprint):
                 raise AnimeFacesError(
                     f"feature cache {self.dir} belongs to fingerprint {on_disk.get('fingerprint')}"
                     f", not {self.fingerprint}; delete the folder or choose another --cache")
+        scanned = []
         for shard in sorted(self.dir.glob(SHARD_GLOB)):
             try:
-                keys, d, offset = _scan_shard(shard)
-            except Exception:  # noqa: BLE001 - a damaged shard only costs its recomputation
-                self._set_aside(shard)
+                scanned.append((shard, *_scan_shard(shard)))
+            except FileNotFoundError:
+                continue  # merged away by another process's compact() since the listing
+            except Exception as exc:  # noqa: BLE001 - a damaged shard only costs its recomputation
+                self._set_aside(shard, str(exc))
+        # One feature width per fingerprint: a shard of another width is not this cache's (an
+        # older bug, a foreign tool), so it is set aside like a damaged one, not trusted.
+        want = _width(self.meta.get("feature_dim")) or _width(on_disk.get("feature_dim"))
+        if not want and scanned:
+            rows_of = {}
+            for _, keys, d, _ in scanned:
+                rows_of[d] = rows_of.get(d, 0) + len(keys)
+            want = max(rows_of, key=rows_of.get)  # the width of most of the rows
+        for shard, keys, d, offset in scanned:
+            if want and d != want and keys:
+                self._set_aside(shard, f"feature width {d}, where the cache's is {want}")
                 continue
             self._add_shard(_Shard(shard, len(keys), d, offset), keys)
 
@@ -251,11 +285,10 @@ class FeatureCache:
             self._index[k] = (a, i)
 
     @staticmethod
-    def _set_aside(shard: Path) -> None:
-        try:
-            os.replace(shard, shard.with_suffix(".corrupt"))
-        except FileNotFoundError:
-            pass
+    def _set_aside(shard: Path, reason: str) -> None:
+        from ._io import set_aside
+
+        set_aside(shard, reason, what="feature cache shard")
 
     def _rows_of(self, a: int) -> np.ndarray:
         shard = self._shards[a]
@@ -267,11 +300,11 @@ class FeatureCache:
             raise _ShardGone(shard.path) from None
         except Exception as exc:  # noqa: BLE001
             # Damaged since it was opened (opening checked it whole).
-            self._set_aside(shard.path)
+            self._set_aside(shard.path, str(exc))
             self._index = None
             raise AnimeFacesError(
                 f"feature cache shard {shard.path} is damaged ({exc}); it was moved aside "
-                f"(.corrupt): run again to recompute its features") from exc
+                f"(.damaged-<time>): run again to recompute its features") from exc
 
     def __len__(self) -> int:
         self._load()
@@ -297,13 +330,15 @@ class FeatureCache:
         The result is allocated once and filled one shard at a time: besides it, at most one
         shard's rows are in memory."""
         keys = list(keys)
-        try:
-            return self._get(keys)
-        except _ShardGone:
-            # Another process compacted the shards since we opened them: its merged shard was
-            # written before the old ones were removed, so reading the folder again finds them.
-            self._index = None
-            return self._get(keys)
+        for _ in range(4):
+            try:
+                return self._get(keys)
+            except _ShardGone:
+                # Another process compacted the shards since we opened them: its merged shard
+                # was written before the old ones were removed, so reading the folder again
+                # finds them (again, if a second compaction raced with this reading).
+                self._index = None
+        return self._get(keys)
 
     def _get(self, keys: list) -> np.ndarray:
         self._load()
@@ -335,6 +370,16 @@ class FeatureCache:
         features = np.asarray(features, np.float32)
         if len(keys) != len(features):
             raise ValueError("keys and features differ in length")
+        finite = np.isfinite(features)
+        if not finite.all():
+            bad = int(np.count_nonzero(~finite.all(axis=tuple(range(1, features.ndim)))))
+            raise AnimeFacesError(
+                f"{bad} of {len(features)} feature row(s) for the cache {self.dir or '(memory)'} "
+                f"are NaN or infinite, so they are not cached (an SVM cannot use them); the "
+                f"backbone produced them: run with --precision fp32, or check the weights file")
+        want = _width(self.meta.get("feature_dim"))
+        if want and features.ndim == 2 and len(features) and features.shape[1] != int(want):
+            raise ValueError(f"feature rows of width {features.shape[1]} for a cache of width {want}")
         self._pending_keys.extend(keys)
         self._pending_feats.append(features)
 
@@ -353,23 +398,63 @@ class FeatureCache:
             rows = np.concatenate(feats).astype(np.float32, copy=False)
             self._add_shard(_Shard(None, len(keys), rows.shape[1], rows=rows), keys)
         else:
-            if not (self.dir / "meta.json").is_file():
-                atomic_write_json(self.dir / "meta.json", dict(self.meta, created=time.time()))
             path = self.dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
-            offset = _write_shard(path, np.array(keys, dtype=_KEY_DTYPE), d, feats)
+            try:
+                if not (self.dir / "meta.json").is_file():
+                    atomic_write_json(self.dir / "meta.json", dict(self.meta, created=time.time()))
+                offset = _write_shard(path, np.array(keys, dtype=_KEY_DTYPE), d, feats)
+            except OSError as exc:
+                from ._io import write_failed
+
+                # Let go of them: a second flush (a caller's finally) would only fail again.
+                self._pending_keys, self._pending_feats = [], []
+                raise write_failed(
+                    exc, what=f"a feature cache shard ({len(keys)} images)", folder=self.dir,
+                    flag="--cache-dir",
+                    saved=f"the features of those images are not saved; the {len(self._index)} "
+                          f"already cached there are, and a rerun computes only the rest") from exc
             self._add_shard(_Shard(path, len(keys), d, offset), keys)
         self._pending_keys, self._pending_feats = [], []
 
     def compact(self, *, min_shards: int = 8) -> None:
-        """Merge many small shards into one (faster loading), copying one shard at a time;
-        safe against interruption: the merged shard is written before the old ones are removed,
-        and duplicates are harmless."""
-        self._load()
-        if self.dir is None:
+        """Merge many small shards into one (faster loading), copying one shard at a time.
+
+        Safe against interruption and against other processes using the folder: it merges the
+        shards on disk now (read again under a lock file, not the index this object read when
+        it opened), writes the merged shard before removing any, and removes only the shards it
+        read and merged, so a shard another process flushed meanwhile stays. Duplicates (a key
+        in the merged shard and a newer one) are harmless. While another process compacts the
+        folder this returns at once."""
+        if self.dir is None or len(list(self.dir.glob(SHARD_GLOB))) < min_shards:
             return
-        shards = sorted(self.dir.glob(SHARD_GLOB))
-        if len(shards) < min_shards or not self._index:
-            return
+        with _compact_lock(self.dir) as locked:
+            if not locked:
+                return  # another process is compacting this folder: leave it to that one
+            self._index = None
+            self._load()  # what is on disk now, whole
+            read = [sh.path for sh in self._shards if sh.path is not None]
+            if len(read) < min_shards or not self._index:
+                return
+            try:
+                merged = self._write_merged()
+            except _ShardGone:
+                self._index = None  # removed by someone who did not take the lock: nothing lost
+                return
+            except OSError as exc:
+                import sys
+
+                print(f"animefaces: could not compact the feature cache {self.dir} "
+                      f"({exc.strerror or exc}); its {len(read)} shards are kept as they were",
+                      file=sys.stderr)
+                return
+            for path in read:
+                if path != merged:
+                    path.unlink(missing_ok=True)
+            self._index = None
+            self._load()
+
+    def _write_merged(self) -> Path:
+        """Write the live rows of every indexed shard into one new shard; returns its path."""
         # The live rows of each shard (a key flushed twice lives in the later shard).
         live: dict[int, tuple[list[str], list[int]]] = {}
         for k, (a, i) in self._index.items():
@@ -378,9 +463,8 @@ class FeatureCache:
             rows.append(i)
         order = sorted(live)
         dims = {self._shards[a].d for a in order}
-        if len(dims) != 1:
-            raise AnimeFacesError(f"feature cache {self.dir} mixes feature widths {sorted(dims)}; "
-                                  "delete the folder to rebuild it")
+        if len(dims) != 1:  # _load sets shards of another width aside: cannot happen
+            raise AnimeFacesError(f"feature cache {self.dir} mixes feature widths {sorted(dims)}")
         keys = np.array([k for a in order for k in live[a][0]], dtype=_KEY_DTYPE)
 
         def chunks():
@@ -392,13 +476,34 @@ class FeatureCache:
                     yield self._rows_of(a)[np.asarray(rows, dtype=np.int64)]
 
         merged = self.dir / f"shard-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.npz"
+        _write_shard(merged, keys, dims.pop(), chunks())
+        return merged
+
+
+@contextlib.contextmanager
+def _compact_lock(folder: Path):
+    """An exclusive, non-blocking lock on ``folder/.compact.lock`` (flock: also between
+    processes on NFS, where Linux maps it to a POSIX lock). Yields False when another process
+    holds it; True (without a lock) where the platform has no fcntl or the file cannot be made."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: compaction is still lossless, only not exclusive
+        yield True
+        return
+    try:
+        fd = os.open(folder / ".compact.lock", os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    except OSError:
+        yield True  # a read-only folder: compaction will fail (and say so) on its own
+        return
+    try:
         try:
-            _write_shard(merged, keys, dims.pop(), chunks())
-        except _ShardGone:
-            self._index = None  # another process is compacting (or has): leave it to that one
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False
             return
-        for s in shards:
-            if s != merged:
-                s.unlink(missing_ok=True)
-        self._index = None
-        self._load()
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

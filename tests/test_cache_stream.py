@@ -145,7 +145,7 @@ def test_damaged_shard_is_set_aside_and_recomputed(tmp_path, where):
     _damage(victim, where)
     cache = FeatureCache(tmp_path, FP, meta={}, name="t")
     assert cache.missing(_keys(3) + _keys(4)) == _keys(3)
-    assert victim.with_suffix(".corrupt").is_file() and not victim.exists()
+    assert len(list(victim.parent.glob(victim.name + ".damaged-*"))) == 1 and not victim.exists()
     cache.add(_keys(3), _rows(3))
     cache.flush()
     keys, want = _all()
@@ -160,7 +160,7 @@ def test_shard_truncated_after_opening_is_a_clear_error(tmp_path):
     _damage(victim, "truncate")
     with pytest.raises(AnimeFacesError, match="run again"):
         cache.get(_keys(5))
-    assert victim.with_suffix(".corrupt").is_file()
+    assert len(list(victim.parent.glob(victim.name + ".damaged-*"))) == 1
     assert FeatureCache(tmp_path, FP, meta={}, name="t").missing(_keys(5)) == _keys(5)
 
 
