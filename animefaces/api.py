@@ -54,23 +54,24 @@ class Prediction:
 
 def model_task(path: os.PathLike | str) -> str:
     """``face`` or ``character``: what the model at ``path`` was trained for (from its JSON)."""
-    import json
+    from .modelstore import find
 
-    from .svm import resolve_model_path
-
-    meta_file = resolve_model_path(path).with_suffix(".json")
     try:
-        return json.loads(meta_file.read_text()).get("task", "face")
-    except (OSError, ValueError):
-        return "face"  # load_model reports a missing or broken JSON properly
+        task = find(path).doc.get("task", "face")
+    except (AnimeFacesError, OSError):
+        return "face"  # load_model reports a missing or broken model properly
+    return task if task in ("face", "character") else "face"
 
 
 def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
-                        batch_size: int | None = None):
+                        batch_size: int | None = None, allow_pickle: bool = False):
     """A saved model and the feature extractor it was trained with, checked to match.
 
+    Args:
+        allow_pickle: see :func:`animefaces.svm.load_model` (never needed for models with arrays).
+
     Returns:
-        (TrainedModel, FeatureExtractor, model file path)
+        (TrainedModel, FeatureExtractor, the model's pointer / JSON path)
 
     Raises:
         AnimeFacesError: the model is for the other task (names the class that loads it).
@@ -80,7 +81,7 @@ def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
     from .svm import load_model, resolve_model_path
 
     model_file = resolve_model_path(path)
-    model = load_model(model_file)
+    model = load_model(path, allow_pickle=allow_pickle)
     got = model.meta.get("task", "face")
     if got != task:
         loader = {"face": "FaceClassifier", "character": "CharacterClassifier"}.get(got, got)
@@ -88,6 +89,9 @@ def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
                               f", it is not a {task} model; load it with animefaces.{loader}.load "
                               f"(`animefaces predict --model` picks the right one itself)")
     feats = model.meta.get("features", {})
+    if not isinstance(feats.get("backbone"), str):
+        raise AnimeFacesError(f"model {model_file} does not say which backbone made its features "
+                              f"(features.backbone); retrain it with `animefaces sweep`")
     if weights is None and feats.get("random_weights"):
         weights = "random"
     precision = feats.get("precision", "fp32")
@@ -179,14 +183,16 @@ class FaceClassifier:
     @classmethod
     def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
              batch_size: int | None = None, threshold: float = 0.5, abstain="auto",
-             ood: bool = True, cache_dir: os.PathLike | str | None = None) -> "FaceClassifier":
+             ood: bool = True, cache_dir: os.PathLike | str | None = None,
+             allow_pickle: bool = False) -> "FaceClassifier":
         """Load a model saved by ``animefaces sweep`` (default: ``models/best``, or the
         ``ANIMEFACES_MODEL`` environment variable).
 
-        Model files are pickles: load only models you trust.
+        Nothing is unpickled: models are plain arrays and JSON, checked against their digest.
 
         Args:
-            path: ``models/NAME`` (with ``NAME.joblib`` and ``NAME.json``), or either file.
+            path: ``models/NAME`` (the pointer ``NAME.json`` to a model folder), the pointer
+                file, or a model folder.
             device: where the CNN runs (``auto``, ``cpu``, ``cuda``...).
             weights: backbone weights (default: found as for extraction; must be the very file the
                 model was trained with: its sha256 is checked).
@@ -198,13 +204,19 @@ class FaceClassifier:
             cache_dir: a feature cache folder (e.g. ``"features"``, as filled by ``animefaces
                 extract`` / ``sweep``): features of files already there are reused and new ones
                 are added. None (default): nothing is written to disk.
+            allow_pickle: also load a model that exists only as a joblib pickle (made by an
+                early animefaces, or a pipeline arrays cannot hold). Loading a pickle can run
+                any code in it: only for files you made or trust. Refused by default.
 
         Raises:
-            ModelMismatchError: the backbone's weights or preprocessing differ from training.
+            ModelMismatchError: the backbone's weights or preprocessing differ from training,
+                or the model was changed after it was saved.
+            AnimeFacesError: no model there, a value out of range, a pickle without allow_pickle.
         """
         path = path or os.environ.get("ANIMEFACES_MODEL") or DEFAULT_MODEL
         model, fx, model_file = load_with_extractor(path, task="face", device=device,
-                                                    weights=weights, batch_size=batch_size)
+                                                    weights=weights, batch_size=batch_size,
+                                                    allow_pickle=allow_pickle)
         return cls(model, fx, threshold=threshold, path=model_file, abstain=abstain, ood=ood,
                    cache_dir=cache_dir)
 

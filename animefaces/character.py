@@ -96,18 +96,21 @@ def _confusion_png(cm: np.ndarray, classes: list[str], title: str) -> bytes:
 
 def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups=None,
                         min_per_class: int = 5, backbones=None, weights=None, device=None,
-                        out_dir=None, cache_dir=None, models_dir=None,
+                        out_dir=None, cache_dir=None, models_dir=None, set_best: bool | None = None,
                         progress: bool = True) -> dict:
     """Fit the SVM grid to identify characters; write tables, per-class metrics and confusion
     matrices into a run folder, and save the best model (chosen on val) as
-    ``models_dir/<run>-character-<backbone>-<kernel>`` and ``models_dir/character-best`` (load
-    it with :class:`animefaces.CharacterClassifier`). Returns the results dict (also saved as
+    ``models_dir/<run>-<backbone>-<kernel>`` (pickle-free, like face models), and point
+    ``models_dir/character-best`` at it when the run uses the default config or ``set_best`` is
+    True (see :func:`animefaces.sweep.replaces_best`). Load it with
+    :class:`animefaces.CharacterClassifier`. Returns the results dict (also saved as
     results.json)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from .cache import atomic_write_bytes, atomic_write_json
     from .svm import TrainedModel, _versions, fit_grid, one_se_pick, refit, save_model, select_per_row
-    from .sweep import _backbones_to_run, _new_run_dir, extract_dataset, make_extractor
+    from .sweep import _backbones_to_run, _new_run_dir, extract_dataset, make_extractor, replaces_best
+    from .svm import link_model
 
     t0 = time.perf_counter()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -159,7 +162,9 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
     model = TrainedModel(pipeline=pipe, platt=(0.0, 0.0), meta=model_meta)
     models_root = Path(models_dir or cfg.models_dir)
     model_path = save_model(model, models_root / f"{run_dir.name}-{name}-{best.row}")
-    best_path = save_model(model, models_root / "character-best")
+    to_best, why = replaces_best(cfg, set_best, backbones=backbones, weights=weights)
+    best_path = link_model(models_root / "character-best", model_path) if to_best else None
+    use = best_path or model_path
     eval_split = "test" if "test" in X else "val"
     pred = pipe.predict(X[eval_split])
     labels_idx = list(range(len(classes)))
@@ -191,8 +196,10 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
               f"- data: `{ds.source}`: {len(classes)} characters, " + ", ".join(
                   f"{s} {int(np.sum([r.split == s for r in ds.records]))}" for s in ("train", "val", "test")),
               f"- best on val: **{name} {best.row}** -> " + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items()),
-              f"- model: `{model_path}` (also `{best_path}`); use it with "
-              f"`animefaces predict --model {best_path.with_suffix('')} IMAGES`",
+              f"- model: `{model_path}`" + (f" (also `{best_path}`)" if best_path else
+                                             f"; `{models_root / 'character-best'}` unchanged "
+                                             f"({why}; --set-best replaces it)")
+              + f"; use it with `animefaces predict --model {use.with_suffix('')} IMAGES`",
               *[f"- note: {n}" for n in ds.notes], "", "## Accuracy", "", *md, "",
               f"## Per-class precision / recall ({eval_split}, best model)", "",
               "| character | precision | recall | support |", "|---|---|---|---|",
@@ -205,7 +212,10 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
                "notes": ds.notes, "table": table, "skipped": skipped,
                "best": {"backbone": name, "kernel": best.row, "params": best.params,
                         "accuracy": best.accuracy, "eval_split": eval_split,
-                        "model": str(model_path), "also_saved_as": str(best_path)},
+                        "model": str(model_path),
+                        "also_saved_as": str(best_path) if best_path else None,
+                        "best_replaced": {"done": bool(best_path), "why": why,
+                                          "best": str(models_root / "character-best")}},
                "per_class": per_class, "confusion": cm.tolist(), "features": meta,
                "versions": _versions(), "seconds": round(time.perf_counter() - t0, 3),
                "run_dir": str(run_dir)}

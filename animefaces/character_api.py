@@ -57,9 +57,10 @@ class CharacterClassifier:
 
     @classmethod
     def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
-             batch_size: int | None = None) -> "CharacterClassifier":
+             batch_size: int | None = None, allow_pickle: bool = False) -> "CharacterClassifier":
         """Load a model saved by ``animefaces sweep --task character`` (default:
-        ``models/character-best``).
+        ``models/character-best``). Nothing is unpickled unless ``allow_pickle`` (only for a
+        model that exists only as a pickle: an early animefaces saved character models so).
 
         Raises:
             AnimeFacesError: no model there, or a face / no-face model (use FaceClassifier).
@@ -69,7 +70,8 @@ class CharacterClassifier:
 
         model, fx, model_file = load_with_extractor(path or DEFAULT_CHARACTER_MODEL,
                                                     task="character", device=device,
-                                                    weights=weights, batch_size=batch_size)
+                                                    weights=weights, batch_size=batch_size,
+                                                    allow_pickle=allow_pickle)
         return cls(model, fx, path=model_file)
 
     @property

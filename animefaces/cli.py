@@ -39,6 +39,14 @@ def _weights_arg(values):
     return per or common
 
 
+def add_allow_pickle(parser) -> None:
+    """``--allow-pickle``, on every command that loads a trained model."""
+    parser.add_argument("--allow-pickle", action="store_true",
+                        help="also load a model stored only as a pickle (.joblib: saved by an "
+                             "early animefaces); loading a pickle can run any code in it, so "
+                             "only for models you made or trust (refused by default)")
+
+
 def cmd_backbones(args) -> int:
     from .backbones import get_backbone, list_backbones
     from .errors import WeightsMismatchError, WeightsNotFoundError
@@ -113,7 +121,8 @@ def cmd_sweep(args) -> int:
                                   min_per_class=args.min_per_class, backbones=backbones,
                                   weights=_weights_arg(args.weights), device=args.device,
                                   out_dir=args.out, cache_dir=args.cache_dir,
-                                  models_dir=args.models_dir, progress=not args.quiet)
+                                  models_dir=args.models_dir, set_best=args.set_best,
+                                  progress=not args.quiet)
         print((Path(res["run_dir"]) / "report.md").read_text())
         print(f"Reports: {res['run_dir']}")
         return 0
@@ -122,7 +131,8 @@ def cmd_sweep(args) -> int:
                     models_dir=args.models_dir, cache_dir=args.cache_dir,
                     skip_bad=True if args.skip_bad else None, precision=args.precision,
                     pooling=args.pooling, batch_size=args.batch_size,
-                    allow_outside=args.allow_outside_paths, progress=not args.quiet)
+                    allow_outside=args.allow_outside_paths, set_best=args.set_best,
+                    progress=not args.quiet)
     print(_sweep_summary(res.results, res.run_dir))
     return 0
 
@@ -146,14 +156,25 @@ def _sweep_summary(results: dict, run_dir) -> str:
     if results.get("bad_files"):
         lines.append(f"  {len(results['bad_files'])} unreadable image(s) left out: see bad_files.csv")
     lines.append(f"Reports: {run_dir}/report.md (Table 1 / Table 2), report.html")
-    lines.append(f"Model:   {best['model']}")
+    lines.append(f"Model:   {_model_name(best['model'])}")
     also = best.get("also_saved_as")
+    replaced = best.get("best_replaced") or {}
     if also:
-        lines.append(f"         also {also}")
-    use = str(also or best["model"])
-    use = use[:-len(".joblib")] if use.endswith(".joblib") else use
-    lines.append(f"Use it:  animefaces predict FRAMES --model {use}")
+        lines.append(f"         {_model_name(also)} now loads it too")
+    elif replaced.get("best"):
+        lines.append(f"         {replaced['best']} unchanged ({replaced.get('why')}; "
+                     f"--set-best replaces it)")
+    lines.append(f"Use it:  animefaces predict FRAMES --model {_model_name(also or best['model'])}")
     return "\n".join(lines)
+
+
+def _model_name(path) -> str:
+    """``models/best`` for ``models/best.json`` (and an earlier ``.joblib``): what to type."""
+    text = str(path)
+    for suffix in (".json", ".joblib"):
+        if text.endswith(suffix):
+            return text[:-len(suffix)]
+    return text
 
 
 def cmd_predict(args) -> int:
@@ -166,7 +187,8 @@ def cmd_predict(args) -> int:
         return _predict_characters(args, model)
     clf = FaceClassifier.load(model, device=args.device, threshold=args.threshold,
                               abstain=args.abstain, ood=not args.no_ood,
-                              cache_dir=None if args.cache_dir in ("", "none") else args.cache_dir)
+                              cache_dir=None if args.cache_dir in ("", "none") else args.cache_dir,
+                              allow_pickle=args.allow_pickle)
     from .api import Prediction
 
     rows = _predict_rows(args, clf, lambda p, why: Prediction(source=str(p), label="error",
@@ -189,7 +211,7 @@ def _predict_characters(args, model) -> int:
     """``animefaces predict`` with a character model: one character per image."""
     from .character_api import CharacterClassifier, CharacterPrediction
 
-    clf = CharacterClassifier.load(model, device=args.device)
+    clf = CharacterClassifier.load(model, device=args.device, allow_pickle=args.allow_pickle)
     rows = _predict_rows(args, clf, lambda p, why: CharacterPrediction(source=str(p), character=None,
                                                                        error=why))
 
@@ -327,6 +349,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="character task: leave out classes with fewer training images (default 5)")
     s.add_argument("--out", default=None, help="reports folder (default: reports/)")
     s.add_argument("--models-dir", default=None, help="where the best model goes (default: models/)")
+    s.add_argument("--set-best", action="store_true", default=None,
+                   help="also make the chosen model the folder's best (models/best, or "
+                        "models/character-best), which predict loads by default; without it only "
+                        "a run with the default config replaces it (every run saves its own "
+                        "models/<run>-<backbone>-<kernel>)")
     add_feature_opts(s)
     s.set_defaults(func=cmd_sweep)
 
@@ -354,6 +381,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="do not flag non-anime inputs (photos, blank or text frames, thumbnails) "
                          "as out_of_domain")
     pr.add_argument("--device", default="auto")
+    add_allow_pickle(pr)
     pr.add_argument("--cache-dir", default="features",
                     help="feature cache shared with extract / sweep: cached images are not run "
                          "through the CNN again, new ones are added (default: features/; "

@@ -22,7 +22,8 @@ def cmd_trust_check(args) -> int:
     from .errors import AnimeFacesError
     from .ood import evaluate_probes, heldout_probes, probe_images
 
-    clf = FaceClassifier.load(args.model, device=args.device)
+    clf = FaceClassifier.load(args.model, device=args.device,
+                              **({"allow_pickle": True} if args.allow_pickle else {}))
     if clf.guard is None:
         raise AnimeFacesError(f"model {clf.path} has no out-of-domain guard; retrain it with "
                               f"`animefaces sweep` ([trust] ood = true)")
@@ -71,6 +72,9 @@ def register(subparsers) -> None:
                                           "networkx. Needs scikit-image.")
     t.add_argument("--model", default=None, help="model saved by sweep (default: models/best)")
     t.add_argument("--device", default="auto")
+    from .cli import add_allow_pickle
+
+    add_allow_pickle(t)
     t.add_argument("--seed", type=int, default=1, help="seed of the generated frames (default 1)")
     t.add_argument("--no-lfw", action="store_true", help="leave out the upscaled LFW face photos")
     t.add_argument("--no-heldout", action="store_true",

@@ -62,6 +62,9 @@ def register(subparsers) -> None:
     s.add_argument("--model", default=None, metavar="PATH",
                    help="a model saved by `animefaces sweep` (default: models/best, or the "
                         "ANIMEFACES_MODEL environment variable)")
+    from .cli import add_allow_pickle
+
+    add_allow_pickle(s)
     s.add_argument("--out", default=None, metavar="DIR",
                    help="write CSV, JSON (and contact sheets) here; without it only the ranges "
                         "are printed")
@@ -100,7 +103,8 @@ def cmd_scan(args) -> int:
     ScanSettings(fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
                  min_gap=args.min_gap, min_duration=args.min_duration,
                  batch_size=args.batch_size, seek=args.seek)
-    clf = FaceClassifier.load(args.model, device=args.device)
+    clf = FaceClassifier.load(args.model, device=args.device,
+                              **({"allow_pickle": True} if args.allow_pickle else {}))
     summary = scan_videos(args.videos, clf, out_dir=args.out, contact_sheets=args.contact_sheet,
                           fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
                           min_gap=args.min_gap, min_duration=args.min_duration,

@@ -116,6 +116,9 @@ def register(subparsers) -> None:
     c.add_argument("--threshold", type=float, default=0.5,
                    help="P(face) a crop needs to be kept, with --model (default 0.5)")
     c.add_argument("--device", default="auto", help="for --model: auto, cpu, cuda, cuda:N")
+    from .cli import add_allow_pickle
+
+    add_allow_pickle(c)
     c.add_argument("--margin", type=nonneg_float, default=0.0,
                    help="grow each box by this fraction of its size on every side (default 0)")
     c.add_argument("--min-size", type=int, default=24, metavar="PX",
@@ -144,7 +147,8 @@ def cmd_crops(args) -> int:
     from .crops import classifier_confirm, extract_crops, load_cascade
 
     cascade = load_cascade(args.cascade)  # fail on a missing cascade before loading a model
-    confirm = classifier_confirm(args.model, device=args.device) if args.model else None
+    confirm = (classifier_confirm(args.model, device=args.device, allow_pickle=args.allow_pickle)
+               if args.model else None)
     summary = extract_crops(args.inputs, args.out, cascade=cascade, confirm=confirm,
                             threshold=args.threshold, fps=sampling_fps(args),
                             keyframes=args.keyframes, seek=args.seek, margin=args.margin,

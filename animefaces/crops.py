@@ -100,7 +100,8 @@ def detect_faces(image: Image.Image | np.ndarray, cascade, *,
     return sorted((int(x), int(y), int(w), int(h)) for x, y, w, h in np.reshape(boxes, (-1, 4)))
 
 
-def classifier_confirm(model_path: os.PathLike | str, *, device: str = "auto") -> ConfirmFn:
+def classifier_confirm(model_path: os.PathLike | str, *, device: str = "auto",
+                       allow_pickle: bool = False) -> ConfirmFn:
     """A ``confirm`` callable backed by a trained model:
     ``animefaces.api.FaceClassifier.load(model_path).predict_many(crops)`` -> P(face) scores.
 
@@ -115,7 +116,9 @@ def classifier_confirm(model_path: os.PathLike | str, *, device: str = "auto") -
     except ImportError as exc:
         raise ConfigError(f"--model needs animefaces.api.FaceClassifier, which this install "
                           f"lacks ({exc}); leave --model out to keep every cascade detection")
-    clf = FaceClassifier.load(model_path, device=device)
+    # allow_pickle only when asked for: a model stored only as a pickle can run code
+    clf = FaceClassifier.load(model_path, device=device,
+                              **({"allow_pickle": True} if allow_pickle else {}))
 
     def confirm(crops: list[Image.Image]) -> list[float]:
         return [float(p.score) for p in clf.predict_many(crops)]

@@ -122,6 +122,43 @@ def _with_features(cfg: SweepConfig, overrides: dict) -> SweepConfig:
     return config_from_dict(raw, source=cfg.source)
 
 
+# Settings that change how fast a sweep runs or where it writes, not which model it chooses.
+_NOT_THE_MODEL = {"features": {"cache_dir", "device", "batch_size"},
+                  "svm": {"n_jobs", "cache_size"}, "output": None}
+
+
+def _model_settings(raw: dict) -> dict:
+    out = {}
+    for section, table in raw.items():
+        ignored = _NOT_THE_MODEL.get(section, set())
+        if ignored is None:
+            continue
+        out[section] = ({k: v for k, v in table.items() if k not in ignored}
+                        if isinstance(table, dict) else table)
+    return out
+
+
+def replaces_best(cfg: SweepConfig, set_best: bool | None, *, backbones=None,
+                  weights=None) -> tuple[bool, str]:
+    """Whether a run saves its model as the models folder's ``best`` too, and why (not).
+
+    ``best`` is what ``predict`` and ``FaceClassifier.load()`` use by default, so only a run
+    with the default config (the settings that choose the model as in configs/default.toml;
+    cache, device, batch size and output folders may differ) replaces it, or one told to with
+    ``set_best=True`` (``--set-best``); ``set_best=False`` never does.
+    """
+    if set_best is not None:
+        return bool(set_best), "--set-best" if set_best else "set_best=False"
+    from .config import load_config
+
+    changed = [name for name, v in (("--backbones", backbones), ("--weights", weights)) if v]
+    if _model_settings(cfg.raw) != _model_settings(load_config(None).raw):
+        return False, f"config {Path(cfg.source).name or cfg.source} is not the default one"
+    if changed:
+        return False, f"the default config with {' and '.join(changed)} given"
+    return True, "the default config"
+
+
 INCOMPLETE = ".incomplete"
 _OWNER = "owner.json"
 
@@ -199,7 +236,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
               models_dir: os.PathLike | None = None, cache_dir: os.PathLike | None = None,
               skip_bad: bool | None = None, precision: str | None = None,
               pooling: str | None = None, batch_size: int | None = None,
-              allow_outside: bool = False, progress: bool = True) -> SweepResult:
+              allow_outside: bool = False, set_best: bool | None = None,
+              progress: bool = True) -> SweepResult:
     """Run the whole method on a dataset and write Table 1 / Table 2.
 
     Args:
@@ -215,6 +253,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             fails leaves no run folder; one that was killed leaves one the next sweep removes).
         models_dir: where the best model is saved (default: the config's ``models_dir``).
         allow_outside: accept manifest paths outside the manifest's folder (refused by default).
+        set_best: also make the model the folder's ``best`` (what ``predict`` loads by default).
+            None (default): only when the run uses the default config (see
+            :func:`replaces_best`); every run saves its own ``<run>-<backbone>-<kernel>``.
 
     Returns:
         :class:`SweepResult` with the run folder and the best model's path. The run folder also
@@ -224,8 +265,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     from . import __version__
     from .report import write_predictions, write_reports
     from .calibration import summarize
-    from .svm import (TrainedModel, _versions, degenerate_flags, fit_grid, one_se_pick, platt_fit,
-                      refit, save_model, select_per_row)
+    from .svm import (TrainedModel, _versions, degenerate_flags, fit_grid, link_model, one_se_pick,
+                      platt_fit, refit, save_model, select_per_row)
 
     t_start = time.perf_counter()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -364,7 +405,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta, extras=extras)
         models_root = Path(models_dir or cfg.models_dir)
         model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
-        best_path = save_model(model, models_root / "best")
+        to_best, why = replaces_best(cfg, set_best, backbones=backbones, weights=weights)
+        # One pointer replaced atomically: readers of best see the old model or this one.
+        best_path = link_model(models_root / "best", model_path) if to_best else None
         results_doc = {
             "run_id": run_id,
             "created": model_meta["created"],
@@ -384,7 +427,10 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             "selection": "accuracy on val, one-standard-error rule; ties go to the earlier backbone / "
                          "kernel / C in config order",
             "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
-                     "accuracy": best.accuracy, "model": str(model_path), "also_saved_as": str(best_path),
+                     "accuracy": best.accuracy, "model": str(model_path),
+                     "also_saved_as": str(best_path) if best_path else None,
+                     "best_replaced": {"done": bool(best_path), "why": why,
+                                       "best": str(models_root / "best")},
                      "platt": list(platt),
                      # where the decision values behind trust / predictions.csv came from
                      "decision_values": "grid fit (equal to the refit on val)" if grid_dec is not None

@@ -79,10 +79,10 @@ def test_character_model_is_saved_and_identifies_characters(tmp_path, capsys):
     data = make_characters(tmp_path / "c")
     models = tmp_path / "models"
     res = run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"],
-                              models_dir=models, progress=False)
+                              models_dir=models, set_best=True, progress=False)
     best = models / "character-best"
-    assert best.with_suffix(".joblib").is_file() and res["best"]["also_saved_as"].endswith(
-        "character-best.joblib")
+    assert (models / "character-best.json").is_file() and res["best"]["also_saved_as"].endswith(
+        "character-best.json")
     clf = animefaces.CharacterClassifier.load(best)
     assert clf.classes == res["classes"]
     imgs = tmp_path / "c" / "images"
@@ -116,7 +116,7 @@ def test_two_character_model_ranks_both(tmp_path):
     data = make_characters(tmp_path / "c")
     run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"],
                         groups=["hair:red", "hair:blue"], models_dir=tmp_path / "m",
-                        progress=False)
+                        set_best=True, progress=False)
     clf = animefaces.CharacterClassifier.load(tmp_path / "m" / "character-best")
     p = clf.predict(tmp_path / "c" / "images" / "blue-test-1.png")
     assert p.character == "hair:blue"

@@ -43,14 +43,15 @@ def _saved(tmp_path):
 
 def test_saved_model_loads_without_unpickling(tmp_path, monkeypatch):
     path, pipe, X = _saved(tmp_path)
-    assert path.with_suffix(".npz").is_file()
+    folder = path.parent / json.loads(path.read_text())["model"]
+    assert sorted(p.name for p in folder.iterdir()) == ["model.json", "model.npz"]  # no pickle
     import joblib
 
     def no_pickles(*a, **k):
         raise AssertionError("joblib.load called: the model was unpickled")
 
     monkeypatch.setattr(joblib, "load", no_pickles)
-    m = load_model(path, allow_pickle=False)
+    m = load_model(path)
     np.testing.assert_allclose(m.decision(X), pipe.decision_function(X), rtol=1e-9, atol=1e-9)
     assert m.platt == (-1.5, 0.0) and m.extras["abstain"]["band"] == [0.05, 0.95]
     from animefaces.ood import OODGuard
@@ -58,23 +59,19 @@ def test_saved_model_loads_without_unpickling(tmp_path, monkeypatch):
     g = OODGuard.from_dict(m.extras["ood"])
     assert g.train.shape == (60, 8) and g.thresholds["weak"] > 0
     assert np.allclose(m.proba(X[:3]), 1 / (1 + np.exp(-2.0 * pipe.decision_function(X[:3]) + 0.1)))
+    # Saving a loaded (array) model keeps it pickle-free: the same folder, the same digest.
+    again = save_model(m, tmp_path / "again")
+    assert json.loads(again.read_text())["digest"] == json.loads(path.read_text())["digest"]
+    assert not list(tmp_path.glob("**/*.joblib"))
 
 
-def test_changed_arrays_are_refused_and_old_models_need_allow_pickle(tmp_path):
+def test_changed_arrays_are_refused(tmp_path):
     path, pipe, X = _saved(tmp_path)
-    npz = path.with_suffix(".npz")
+    npz = path.parent / json.loads(path.read_text())["model"] / "model.npz"
     data = bytearray(npz.read_bytes())
     data[-40] ^= 0xFF
     npz.write_bytes(bytes(data))
     with pytest.raises(ModelMismatchError, match="changed or damaged"):
         load_model(path)
-    # The joblib copy still loads when asked for explicitly.
-    m = load_model(path, allow_pickle=True)
-    np.testing.assert_allclose(m.decision(X), pipe.decision_function(X))
-    # A model saved before the .npz copy existed: no silent unpickling when refused.
-    meta = json.loads(path.with_suffix(".json").read_text())
-    meta.pop("arrays")
-    path.with_suffix(".json").write_text(json.dumps(meta))
-    with pytest.raises(AnimeFacesError, match="no pickle-free copy"):
-        load_model(path, allow_pickle=False)
-    assert load_model(path).meta["backbone"] == "tiny"
+    with pytest.raises(ModelMismatchError, match="changed or damaged"):
+        load_model(path, allow_pickle=True)  # there is no pickle to fall back on

@@ -24,7 +24,7 @@ from conftest import face_image, make_dataset, noface_image, tiny_config
 @pytest.fixture
 def swept(tmp_path, tiny_dataset):
     cfg = tiny_config(tmp_path)
-    res = run_sweep(tiny_dataset, config=cfg, weights="random", progress=False)
+    res = run_sweep(tiny_dataset, config=cfg, weights="random", set_best=True, progress=False)
     return tmp_path, tiny_dataset, cfg, res
 
 
@@ -37,9 +37,11 @@ def test_sweep_writes_tables_results_and_model(swept):
     assert {f["kernel"] for f in r["fits"]} == {"rbf", "linear", "poly-2", "poly-3"}
     assert r["scaling"] == "l2" and "versions" in r and r["timings"]["fit_seconds"] >= 0
     assert "(random weights)" in (res.run_dir / "table1.md").read_text()
-    assert res.best_model.is_file() and res.best_model.with_suffix(".json").is_file()
-    meta = json.loads(res.best_model.with_suffix(".json").read_text())
-    assert meta["features"]["backbone"] == "tiny" and len(meta["model_sha256"]) == 64
+    from animefaces.svm import load_model
+
+    assert res.best_model.is_file() and res.best_model.suffix == ".json"  # the pointer
+    meta = load_model(res.best_model).meta
+    assert meta["features"]["backbone"] == "tiny" and len(meta["digest"]) == 64
     # Synthetic faces are easy: the tiny random CNN + SVM must beat chance clearly.
     assert r["best"]["accuracy"]["test"] >= 0.75
 
@@ -167,24 +169,25 @@ def test_predict_reuses_the_feature_cache_of_the_sweep(swept, tmp_path, capsys, 
     assert sum(calls) == len(imgs)
 
 
-def test_tampered_or_mismatched_model_is_refused(swept):
+def test_tampered_or_mismatched_model_is_refused(swept, tmp_path):
     _, _, _, res = swept
-    meta_path = res.best_model.with_suffix(".json")
-    meta = json.loads(meta_path.read_text())
-    meta["features"]["preprocessing"] = "resize=300x300"  # trained with other preprocessing
-    meta_path.write_text(json.dumps(meta))
-    with pytest.raises(ModelMismatchError, match="preprocessing"):
-        animefaces.FaceClassifier.load(res.best_model)
-    # Both model files are checked against their sha256 in the JSON: the .npz that loading
-    # uses, and the .joblib when it is asked for.
-    from animefaces.svm import load_model
+    from animefaces.svm import load_model, save_model
 
-    with open(res.best_model, "ab") as f:
+    # A model trained with other preprocessing (saved properly: its digest is right).
+    model = load_model(res.best_model)
+    model.meta["features"]["preprocessing"] = "resize=300x300"
+    other = save_model(model, tmp_path / "other")
+    with pytest.raises(ModelMismatchError, match="preprocessing"):
+        animefaces.FaceClassifier.load(other)
+    # The model JSON is covered by its digest, the .npz by its sha256 in the JSON.
+    folder = res.best_model.parent / json.loads(res.best_model.read_text())["model"]
+    with open(folder / "model.npz", "ab") as f:
         f.write(b"x")
     with pytest.raises(ModelMismatchError, match="changed or damaged"):
-        load_model(res.best_model, allow_pickle=True)
-    with open(res.best_model.with_suffix(".npz"), "ab") as f:
-        f.write(b"x")
+        animefaces.FaceClassifier.load(res.best_model)
+    meta = json.loads((folder / "model.json").read_text())
+    meta["features"]["preprocessing"] = "resize=300x300"
+    (folder / "model.json").write_text(json.dumps(meta))
     with pytest.raises(ModelMismatchError, match="changed or damaged"):
         animefaces.FaceClassifier.load(res.best_model)
 

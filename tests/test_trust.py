@@ -168,7 +168,9 @@ def test_sweep_records_trust_numbers_and_predictions(swept):
         rows = list(csv.DictReader(f))
     assert len(rows) == sum(sum(c.values()) for c in r["data"]["counts"].values())
     assert {"path", "split", "group", "y", "decision", "p", "pred", "ood", "ood_reason"} <= set(rows[0])
-    meta = json.loads(swept.best_model.with_suffix(".json").read_text())
+    from animefaces.svm import load_model
+
+    meta = load_model(swept.best_model).meta
     assert meta["trust"]["calibration"]["method"] == cal["method"]
 
 
