@@ -411,6 +411,19 @@ def main(argv=None) -> int:
     except AnimeFacesError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # A write the file system refused somewhere without its own message (a report file):
+        # one line, not a traceback. Model and cache writes say more (see _io.write_failed).
+        import errno
+
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f" at {exc.filename}" if exc.filename else ""
+        print(f"error: {exc.strerror} ({errno.errorcode[exc.errno]}){where}; finished work is "
+              f"kept (cached features, saved models); free some space or fix the folder's "
+              f"permissions (or choose another with --out / --models-dir / --cache-dir), then "
+              f"run again", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("interrupted: finished work is saved (features in the cache); run the same command "
               "again to resume", file=sys.stderr)
