@@ -9,10 +9,14 @@ to where it was, one line on stderr names it and the reason, and the caller rebu
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
+
+import numpy as np
 
 
 def set_aside(path: os.PathLike | str, reason: str, *, what: str = "cache file") -> Path | None:
@@ -72,3 +76,74 @@ def write_failed(exc: OSError, *, what: str, folder: os.PathLike | str, saved: s
     else:
         fix = f"fix the folder, or {other}, and run again"
     return AnimeFacesError(f"cannot write {what} into {folder}: {reason} ({name}); {saved}; {fix}")
+
+
+def torch_version() -> str | None:
+    """torch's installed version from its package metadata, without importing it (the import
+    costs seconds); the same string whether or not torch is imported."""
+    import sys
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("torch")
+    except PackageNotFoundError:
+        mod = sys.modules.get("torch")
+        return getattr(mod, "__version__", None)
+
+
+def versions() -> dict:
+    import platform
+
+    import joblib
+    import sklearn
+
+    from . import __version__
+
+    out = {"animefaces": __version__, "scikit-learn": sklearn.__version__, "joblib": joblib.__version__,
+           "numpy": np.__version__, "python": platform.python_version()}
+    out["torch"] = torch_version()
+    return out
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it (os.umask would, for a moment, for every
+    thread); 0o022 where /proc does not say."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _atomic_write_with(path: os.PathLike, write) -> None:
+    """Call ``write(f)`` on a temp file in ``path``'s folder, fsync it, ``os.replace`` it. The
+    file gets the permissions a plain ``open(path, "w")`` would (mkstemp's are 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_bytes(path: os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temp file in the same folder and ``os.replace``."""
+    _atomic_write_with(path, lambda f: f.write(data))
+
+
+def atomic_write_json(path: os.PathLike, obj) -> None:
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+                       .encode("utf-8"))

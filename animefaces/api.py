@@ -54,7 +54,7 @@ class Prediction:
 
 def model_task(path: os.PathLike | str) -> str:
     """``face`` or ``character``: what the model at ``path`` was trained for (from its JSON)."""
-    from .modelstore import find
+    from .classify.modelstore import find
 
     try:
         task = find(path).doc.get("task", "face")
@@ -68,7 +68,7 @@ def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
     """A saved model and the feature extractor it was trained with, checked to match.
 
     Args:
-        allow_pickle: see :func:`animefaces.svm.load_model` (never needed for models with arrays).
+        allow_pickle: see :func:`animefaces.classify.persist.load_model` (never needed for models with arrays).
 
     Returns:
         (TrainedModel, FeatureExtractor, the model's pointer / JSON path)
@@ -77,8 +77,8 @@ def load_with_extractor(path, *, task: str, device: str = "auto", weights=None,
         AnimeFacesError: the model is for the other task (names the class that loads it).
         ModelMismatchError: the backbone's weights or preprocessing differ from training.
     """
-    from .extract import FeatureExtractor
-    from .svm import load_model, resolve_model_path
+    from .classify.persist import load_model, resolve_model_path
+    from .features.extract import FeatureExtractor
 
     model_file = resolve_model_path(path)
     model = load_model(path, allow_pickle=allow_pickle)
@@ -120,7 +120,7 @@ def feature_chunks(fx, images, *, on_error: str, progress: bool, batch_size: int
     Yields:
         (indices into ``images``, features (n, d), source names, inputs, inputs_are_files)
     """
-    from .cache import FeatureCache
+    from .features.cache import FeatureCache
 
     if on_error not in ("raise", "report"):
         raise ValueError("on_error must be 'raise' or 'report'")
@@ -144,7 +144,7 @@ def feature_chunks(fx, images, *, on_error: str, progress: bool, batch_size: int
             yield good, X, [str(p) for p in good_paths], good_paths, True
     chunk = max(1, batch_size or fx.settings.batch_size) * 4
     for start in range(0, len(mem_idx), chunk):
-        from .imageio import as_rgb_image
+        from .data.images import as_rgb_image
 
         ok, decoded = [], []
         for i in mem_idx[start:start + chunk]:
@@ -176,7 +176,7 @@ class FaceClassifier:
         self.band = resolve_band(abstain, model, threshold=threshold)
         self.guard = None
         if ood and model.extras.get("ood"):
-            from .ood import OODGuard
+            from .classify.ood import OODGuard
 
             self.guard = OODGuard.from_dict(model.extras["ood"])
 
@@ -256,7 +256,7 @@ class FaceClassifier:
     def _stats(self, images, *, files: bool):
         if self.guard is None or not images:
             return None
-        from .ood import file_stats, image_stats
+        from .classify.ood import file_stats, image_stats
 
         return np.stack([file_stats(im) if files else image_stats(im) for im in images])
 
@@ -293,7 +293,7 @@ def resolve_band(abstain, model=None, *, threshold: float = 0.5) -> tuple[float,
     Args:
         abstain: ``"auto"`` (the model's saved band; None for models without one), ``"off"`` /
             ``"none"`` / None / False, a ``(lo, hi)`` pair, or a ``"lo,hi"`` string.
-        model: the :class:`~animefaces.svm.TrainedModel` (for ``"auto"``).
+        model: the :class:`~animefaces.classify.persist.TrainedModel` (for ``"auto"``).
 
     Raises:
         ConfigError: a malformed band (the message shows the accepted forms).

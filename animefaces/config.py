@@ -14,7 +14,7 @@ from pathlib import Path
 
 from .errors import ConfigError
 
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SCALINGS = ("l2", "standard", "none")
 KERNELS = ("linear", "rbf", "poly", "sigmoid")
 
@@ -28,9 +28,6 @@ _SCHEMA = {
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")
 _GRID_KEYS = {"kernel", "C", "gamma", "degree", "coef0"}
-# Larger batches are not faster (the defaults are measured bests) and only cost memory: 4096
-# 224x224 inputs are 2.5 GB of float32 before the network's activations.
-MAX_BATCH_SIZE = 4096
 # Polynomial kernels above this degree overflow float64 ((1 + x.y)^d) and libsvm fails deep inside;
 # the paper's largest is 50.
 MAX_DEGREE = 100
@@ -40,38 +37,6 @@ def _is_number(value) -> bool:
     """A finite int or float (TOML booleans are not numbers here)."""
     return (isinstance(value, (int, float)) and not isinstance(value, bool)
             and math.isfinite(value))
-
-
-def check_batch_size(value, *, name: str = "batch size", allow_zero: bool = False,
-                     input_size: tuple[int, int] = (224, 224)):
-    """The one check of a batch size, used by the config, ``FeatureExtractor`` and so every flag.
-
-    Args:
-        value: None (the backbone's default), or images per forward pass.
-        name: how the caller calls it, for the message (``features.batch_size``).
-        allow_zero: 0 also means the default (the config's spelling of "unset").
-        input_size: (height, width) of one input, for the memory a too large batch would need.
-
-    Returns:
-        ``value`` unchanged.
-
-    Raises:
-        ConfigError: not an integer, below 1, or above :data:`MAX_BATCH_SIZE`.
-    """
-    if value is None or (allow_zero and value == 0 and not isinstance(value, bool)):
-        return value
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        default = "0 (the backbone's measured best)" if allow_zero else "unset (the backbone's measured best)"
-        raise ConfigError(f"{name} = {value!r}: use an integer from 1 to {MAX_BATCH_SIZE}, or leave it "
-                          f"{default}")
-    if value > MAX_BATCH_SIZE:
-        h, w = input_size
-        gb = value * 3 * h * w * 4 / 1e9
-        raise ConfigError(f"{name} = {value}: above the limit of {MAX_BATCH_SIZE}; one batch of {h}x{w} "
-                          f"images would need {gb:,.1f} GB for its float32 inputs alone, before the "
-                          f"network's activations, and is no faster; use at most {MAX_BATCH_SIZE} "
-                          f"(unset: the backbone's measured best)")
-    return value
 
 
 @dataclass
@@ -163,8 +128,8 @@ def load_config(path: os.PathLike | str | None = None) -> SweepConfig:
 
 def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
     """Validate a config given as a dict (same layout as the TOML)."""
-    from .backbones import list_backbones
-    from .extract import POOLINGS, PRECISIONS
+    from .features.backbones import check_batch_size, list_backbones
+    from .features.extract import POOLINGS, PRECISIONS
 
     unknown_sections = set(raw) - set(_SCHEMA)
     if unknown_sections:

@@ -44,7 +44,7 @@ class CNNFeatures(TransformerMixin, BaseEstimator):
 
     def fit(self, X=None, y=None):
         """Build the extractor (resolving weights); nothing is learned from X."""
-        from .extract import FeatureExtractor
+        from .features.extract import FeatureExtractor
 
         self.extractor_ = FeatureExtractor(self.backbone, weights=self.weights, device=self.device,
                                            precision=self.precision, pooling=self.pooling,
@@ -54,7 +54,7 @@ class CNNFeatures(TransformerMixin, BaseEstimator):
         return self
 
     def transform(self, X) -> np.ndarray:
-        from .cache import FeatureCache
+        from .features.cache import FeatureCache
 
         check_is_fitted(self, "extractor_")
         items = list(X)  # a sequence of images, or the rows of an (N, H, W, 3) array

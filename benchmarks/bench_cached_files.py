@@ -2,7 +2,7 @@
 
 Every feature is cached, so the work left is finding each file's cache key (its content sha256)
 and reading the rows. Measured with the remembered hashes (``features/file-hashes-v1.npz``, see
-``animefaces/fileindex.py``) and without them (every file read and hashed again), on synthetic
+``animefaces/features/fileindex.py``) and without them (every file read and hashed again), on synthetic
 1280x720 JPEG frames in the page cache (a cold disk makes hashing far slower still).
 
     python benchmarks/bench_cached_files.py [--frames 3000]
@@ -33,11 +33,13 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     os.environ.setdefault("ANIMEFACES_OFFLINE", "1")
 
-    from animefaces import fileindex, perf
-    from animefaces.cache import FeatureCache
-    from animefaces.sweep import make_extractor
+    from animefaces.features import fileindex
+    from animefaces import _runtime as runtime
+    from animefaces.bench import measure
+    from animefaces.features.cache import FeatureCache
+    from animefaces.features.dataset import make_extractor
 
-    perf.tune_allocator()
+    runtime.tune_allocator()
     fx = make_extractor("tiny", weights="random")  # the forward pass is not what is measured
     record = {"created": datetime.now().isoformat(timespec="seconds"), "frames": args.frames,
               "load_before": os.getloadavg()}
@@ -45,7 +47,7 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         print(f"[bench-cached] making {args.frames} 720p frames ...", flush=True)
         (tmp / "frames").mkdir()
-        paths = [Path(x) for x in perf.synthetic_frames(tmp / "frames", args.frames)]
+        paths = [Path(x) for x in measure.synthetic_frames(tmp / "frames", args.frames)]
         record["bytes"] = sum(x.stat().st_size for x in paths)
         # The frames were written just now: let them age past the racy-write window.
         time.sleep(fileindex.RACY_SECONDS + 0.5)

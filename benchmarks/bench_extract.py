@@ -36,7 +36,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from animefaces.cli_bench import main  # noqa: E402
+from animefaces.cli.bench import main  # noqa: E402
 
 
 def _cache_child(n: int, d: int, shard: int = 256) -> dict:
@@ -47,8 +47,9 @@ def _cache_child(n: int, d: int, shard: int = 256) -> dict:
 
     import numpy as np
 
-    from animefaces.cache import FeatureCache
-    from animefaces.perf import peak_rss_mb, tune_allocator
+    from animefaces.features.cache import FeatureCache
+    from animefaces.bench.measure import peak_rss_mb
+    from animefaces._runtime import tune_allocator
 
     tune_allocator()
     rng = np.random.default_rng(0)
@@ -80,8 +81,9 @@ def memory_main(argv=None) -> int:
     import tempfile
     import time
 
-    from animefaces.backbones import get_backbone
-    from animefaces.perf import _small_jpegs, run_child
+    from animefaces.features.backbones import get_backbone
+    from animefaces.bench.measure import _small_jpegs
+    from animefaces.bench.harness import run_child
 
     p = argparse.ArgumentParser(prog="bench_extract.py --memory-only")
     p.add_argument("--memory-only", action="store_true", required=True)

@@ -46,7 +46,7 @@ from _synthetic import add_video_args, video_for  # noqa: E402
 from bench_video import timed  # noqa: E402
 
 from animefaces.scan import model_info, scan_video  # noqa: E402
-from animefaces.video import probe_video, sample_frames  # noqa: E402
+from animefaces.data.video import probe_video, sample_frames  # noqa: E402
 
 
 def load_classifier(model: Path, device: str):
@@ -58,8 +58,9 @@ def load_classifier(model: Path, device: str):
         return FaceClassifier.load(model, device=device), f"trained model {model}"
     except AnimeFacesError as exc:
         why = str(exc)
-    from animefaces.extract import FeatureExtractor
-    from animefaces.svm import TrainedModel, refit
+    from animefaces.features.extract import FeatureExtractor
+    from animefaces.classify.persist import TrainedModel
+    from animefaces.classify.svm import refit
 
     fx = FeatureExtractor("tiny", weights="random", device=device)
     rng = np.random.default_rng(0)

@@ -69,7 +69,7 @@ def scaled_dataset(data: str, work: Path, n: int, seed: int = 0) -> Path:
 
     from PIL import Image, ImageEnhance, ImageOps
 
-    from animefaces.datasets import load_dataset
+    from animefaces.data.datasets import load_dataset
 
     manifest = work / f"manifest-{n}.csv"
     if manifest.is_file():

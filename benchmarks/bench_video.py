@@ -40,7 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _synthetic import add_video_args, video_for  # noqa: E402
 
-from animefaces.video import probe_video, sample_frames  # noqa: E402
+from animefaces.data.video import probe_video, sample_frames  # noqa: E402
 
 
 def decode_all(path: Path, *, to_rgb: bool) -> int:

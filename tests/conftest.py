@@ -110,7 +110,7 @@ def real_sweep(tmp_path_factory):
     """The default sweep on the shared mini set (real MobileNetV2 weights). Features go to the
     repo's features/ cache (a developer's second run is quick); reports and models to a temp
     folder. Shared by every slow test that needs a real trained model."""
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     assert MINI.is_dir(), f"the shared data is missing: expected {MINI}"
     out = tmp_path_factory.mktemp("real")

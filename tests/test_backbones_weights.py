@@ -7,10 +7,10 @@ import pytest
 import torch
 from PIL import Image
 
-from animefaces.backbones import get_backbone, list_backbones
 from animefaces.errors import ConfigError, WeightsMismatchError, WeightsNotFoundError
-from animefaces.extract import FeatureExtractor
-from animefaces.weights import load_trunk, resolve_weights, torch_hub_checkpoints_dir
+from animefaces.features.backbones import get_backbone, list_backbones
+from animefaces.features.extract import FeatureExtractor
+from animefaces.features.weights import load_trunk, resolve_weights, torch_hub_checkpoints_dir
 
 
 @pytest.mark.parametrize("name", list_backbones(include_test=True))

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animefaces.cache import FeatureCache
 from animefaces.errors import AnimeFacesError
+from animefaces.features.cache import FeatureCache
 
 FP = "f" * 64
 
@@ -46,7 +46,7 @@ def test_compaction_keeps_the_shards_another_cache_flushed_after_it_opened(tmp_p
 
 def test_compaction_leaves_a_shard_flushed_while_it_runs(tmp_path, monkeypatch):
     """A shard that appears after compaction read the folder is not deleted unread."""
-    import animefaces.cache as cache_mod
+    import animefaces.features.cache as cache_mod
 
     a = FeatureCache(tmp_path, FP, meta={})
     for s in range(8):
@@ -73,7 +73,7 @@ def test_compaction_leaves_a_shard_flushed_while_it_runs(tmp_path, monkeypatch):
 _WORKER = textwrap.dedent("""
     import os, sys, time
     import numpy as np
-    from animefaces.cache import FeatureCache
+    from animefaces.features.cache import FeatureCache
     root, tag, rounds, go = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     while not os.path.exists(go):
         time.sleep(0.005)

@@ -7,8 +7,8 @@ import tracemalloc
 import numpy as np
 import pytest
 
-from animefaces.cache import FeatureCache
 from animefaces.errors import AnimeFacesError
+from animefaces.features.cache import FeatureCache
 
 N_SHARDS, ROWS, DIM = 24, 64, 2048
 SHARD_BYTES = ROWS * DIM * 4  # 512 KiB; all shards: 12 MiB
@@ -203,7 +203,7 @@ def test_atomic_writes_get_the_usual_permissions(tmp_path):
     import os
     import stat
 
-    from animefaces.cache import _umask, atomic_write_bytes
+    from animefaces._io import _umask, atomic_write_bytes
 
     atomic_write_bytes(tmp_path / "x.json", b"{}")
     mode = stat.S_IMODE(os.stat(tmp_path / "x.json").st_mode)

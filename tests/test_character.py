@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animefaces.character import character_dataset, run_character_sweep
 from animefaces.errors import DatasetError
-from animefaces.extract import FeatureExtractor
+from animefaces.features.extract import FeatureExtractor
+from animefaces.train.character import character_dataset, run_character_sweep
 
 from conftest import tiny_config
 

@@ -1,4 +1,4 @@
-"""Face crops (animefaces.crops) with the real lbpcascade_animeface cascade on real shared frames.
+"""Face crops (animefaces.data.crops) with the real lbpcascade_animeface cascade on real shared frames.
 
 The cascade and the images are read from the repository's sibling ``../shared`` (never copied
 into the repo); the tests fail when it is absent. Upscaled copies and videos go to tmp dirs.
@@ -20,10 +20,10 @@ from PIL import Image
 import av  # noqa: E402,F401  (installed with the video extra; a missing one is a real failure)
 import cv2  # noqa: E402,F401
 
-from animefaces.crops import (  # noqa: E402
+from animefaces.data.crops import (  # noqa: E402
     CROP_COLUMNS, classifier_confirm, detect_faces, extract_crops, load_cascade)
 from animefaces.errors import AnimeFacesError, ConfigError  # noqa: E402
-from animefaces.video import extract_frames  # noqa: E402
+from animefaces.data.frames import extract_frames  # noqa: E402
 
 from _videos import write_video  # noqa: E402
 
@@ -271,7 +271,7 @@ def test_classifier_confirm_without_api(monkeypatch):
 
 
 def cli(argv) -> int:
-    from animefaces import cli_video
+    from animefaces.cli import video as cli_video
 
     parser = argparse.ArgumentParser(prog="animefaces")
     cli_video.register(parser.add_subparsers(dest="command"))

@@ -5,7 +5,7 @@ import shutil
 import pytest
 from PIL import Image
 
-from animefaces.datasets import load_dataset, records_from_paths
+from animefaces.data.datasets import load_dataset, records_from_paths
 from animefaces.errors import DatasetError
 
 

@@ -7,10 +7,9 @@ import shutil
 import numpy as np
 import pytest
 
-from animefaces import cache as cache_mod
-from animefaces import fileindex
-from animefaces.fileindex import INDEX_NAME, HashIndex, RealPaths
-from animefaces.sweep import extract_dataset
+from animefaces.features import cache as cache_mod, fileindex
+from animefaces.features.dataset import extract_dataset
+from animefaces.features.fileindex import INDEX_NAME, HashIndex, RealPaths
 
 from conftest import face_image
 

@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 from animefaces.cli import main
-from animefaces.sweep import run_sweep
+from animefaces.train.sweep import run_sweep
 
 from conftest import tiny_config
 

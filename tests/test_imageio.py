@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from animefaces.data.images import as_rgb_image, open_image, resize_to_array
 from animefaces.errors import BadImageError
-from animefaces.imageio import as_rgb_image, open_image, resize_to_array
 
 
 def save(img, path, **kw):

@@ -19,15 +19,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from animefaces import modelstore
+from animefaces.classify import modelstore
+from animefaces.classify.persist import TrainedModel, load_model, save_model
+from animefaces.classify.svm import make_pipeline
 from animefaces.errors import AnimeFacesError, ModelMismatchError
-from animefaces.svm import TrainedModel, load_model, make_pipeline, save_model
 
 from conftest import face_image, tiny_config
 
 
 def _model(tag: int = 0, *, kernel: str = "rbf") -> TrainedModel:
-    from animefaces.ood import OODGuard
+    from animefaces.classify.ood import OODGuard
 
     rng = np.random.default_rng(tag)
     X = rng.normal(size=(60, 6))
@@ -99,7 +100,7 @@ def test_kill_9_during_saves_leaves_best_loadable(tmp_path):
         import sys
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_model_store import _model
-        from animefaces.svm import save_model
+        from animefaces.classify.persist import save_model
         i = 0
         print("ready", flush=True)
         while True:
@@ -136,7 +137,7 @@ def test_two_processes_saving_best_while_a_third_loads_it_never_fail(tmp_path):
         import os, sys, time
         sys.path.insert(0, {str(Path(__file__).parent)!r})
         from test_model_store import _model
-        from animefaces.svm import save_model
+        from animefaces.classify.persist import save_model
         while not os.path.exists({str(go)!r}):  # both save at the same time
             time.sleep(0.002)
         for i in range(SAVES):
@@ -147,7 +148,7 @@ def test_two_processes_saving_best_while_a_third_loads_it_never_fail(tmp_path):
     """)
     loader = textwrap.dedent(f"""
         import os, sys
-        from animefaces.svm import load_model
+        from animefaces.classify.persist import load_model
         ok, failed = 0, []
         while not os.path.exists({str(stop)!r}) or ok < 5:
             try:
@@ -182,7 +183,7 @@ def test_two_processes_saving_best_while_a_third_loads_it_never_fail(tmp_path):
 # -- 2b. models/best: only the default config or --set-best replaces it ---------------------------------
 def test_only_the_default_config_or_set_best_replaces_best():
     from animefaces.config import load_config
-    from animefaces.sweep import replaces_best
+    from animefaces.train.sweep import replaces_best
 
     assert replaces_best(load_config(None), None)[0]
     assert replaces_best(load_config("default"), None)[0]
@@ -351,7 +352,7 @@ def test_a_pickle_only_model_is_refused_by_default_everywhere(tmp_path, capsys):
 def test_a_model_of_the_earlier_format_with_arrays_still_loads(tmp_path, capsys):
     import hashlib
 
-    from animefaces.safemodel import npz_bytes, split_extras, to_arrays
+    from animefaces.classify.arrays import npz_bytes, split_extras, to_arrays
 
     m = _model(4)
     info, arrays = to_arrays(m.pipeline)
@@ -377,7 +378,7 @@ def test_a_model_of_the_earlier_format_with_arrays_still_loads(tmp_path, capsys)
 @pytest.mark.parametrize("scaling", ["l2", "standard", "none"])
 @pytest.mark.parametrize("shape", ["ovr", "ovo"])
 def test_multiclass_array_svm_matches_scikit_learn(kernel, scaling, shape):
-    from animefaces.safemodel import ArrayMulticlassSVM, from_arrays, to_arrays
+    from animefaces.classify.arrays import ArrayMulticlassSVM, from_arrays, to_arrays
 
     rng = np.random.default_rng(3)
     X = rng.normal(size=(120, 5))
@@ -399,7 +400,7 @@ def test_character_models_are_pickle_free(tmp_path, monkeypatch):
     import joblib
 
     import animefaces
-    from animefaces.character import run_character_sweep
+    from animefaces.train.character import run_character_sweep
     from test_character import make_characters
 
     data = make_characters(tmp_path / "c")
@@ -473,7 +474,7 @@ def test_sweep_on_a_full_disk_prints_one_line(tmp_path, tiny_dataset, monkeypatc
 
 
 def test_a_read_only_reports_folder_is_one_line_too(tmp_path, tiny_dataset, monkeypatch, capsys):
-    from animefaces import report
+    from animefaces.report import tables as report
     from animefaces.cli import main
 
     def refuse(results, run_dir, *a, **k):

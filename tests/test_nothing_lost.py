@@ -46,7 +46,7 @@ def _stats_files(tmp_path, n=3):
 
 
 def test_truncated_image_stats_cache_is_set_aside_and_rebuilt(tmp_path, capsys):
-    from animefaces.ood import STATS_VERSION, stats_for_files
+    from animefaces.classify.ood import STATS_VERSION, stats_for_files
 
     files = _stats_files(tmp_path)
     cache = tmp_path / "features" / "image-stats"
@@ -69,7 +69,7 @@ def test_truncated_image_stats_cache_is_set_aside_and_rebuilt(tmp_path, capsys):
 
 
 def test_damaged_hash_index_is_set_aside_with_one_line(tmp_path, capsys):
-    from animefaces.fileindex import INDEX_NAME, HashIndex
+    from animefaces.features.fileindex import INDEX_NAME, HashIndex
 
     (tmp_path / INDEX_NAME).write_bytes(b"PK\x03\x04 truncated")
     idx = HashIndex(tmp_path)
@@ -143,7 +143,7 @@ def test_grid_must_be_tables_and_toml_nan_is_refused(tmp_path):
 
 def test_huge_batch_size_is_refused_in_one_place(tmp_path, tiny_dataset, capsys):
     from animefaces.cli import main
-    from animefaces.extract import FeatureExtractor
+    from animefaces.features.extract import FeatureExtractor
 
     with pytest.raises(ConfigError, match=r"batch size = 100000: above the limit of 4096; .*GB"):
         FeatureExtractor("tiny", weights="random", batch_size=100000)
@@ -185,7 +185,7 @@ def alarm():
 
 
 def test_fifo_and_device_named_jpg_are_refused_without_reading(tmp_path, alarm):
-    from animefaces.imageio import image_size, open_image
+    from animefaces.data.images import image_size, open_image
 
     fifo = tmp_path / "pipe.jpg"
     os.mkfifo(fifo)
@@ -203,7 +203,7 @@ def test_fifo_and_device_named_jpg_are_refused_without_reading(tmp_path, alarm):
 
 
 def test_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path, monkeypatch):
-    from animefaces import imageio
+    from animefaces.data import images as imageio
 
     p = tmp_path / "huge.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8)).save(p)
@@ -216,8 +216,8 @@ def test_file_larger_than_any_image_within_the_limit_is_not_read(tmp_path, monke
 def test_one_pixel_limit_with_the_documented_message(tmp_path):
     """Pillow's own guard (an error above 179 Mpx, a warning above 89 Mpx) must not answer
     before ours: the README says 120 Mpx, and the message says how to raise it."""
-    from animefaces.imageio import DEFAULT_MAX_PIXELS, image_size, open_image
-    from animefaces.ood import file_stats
+    from animefaces.data.images import DEFAULT_MAX_PIXELS, image_size, open_image
+    from animefaces.classify.ood import file_stats
 
     assert DEFAULT_MAX_PIXELS == 120_000_000
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
@@ -246,7 +246,7 @@ def test_one_pixel_limit_with_the_documented_message(tmp_path):
 def test_open_image_makes_no_full_size_copy_for_exif(tmp_path, monkeypatch):
     from PIL import ImageOps
 
-    from animefaces.imageio import open_image
+    from animefaces.data.images import open_image
 
     p = tmp_path / "a.png"
     Image.new("RGB", (64, 48), (1, 2, 3)).save(p)
@@ -265,7 +265,7 @@ def test_open_image_makes_no_full_size_copy_for_exif(tmp_path, monkeypatch):
 # -- predict: every input answered, in order; the exit code says what failed ------------------------
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     tmp = tmp_path_factory.mktemp("trained")
     data = make_dataset(tmp / "data")
@@ -312,7 +312,7 @@ def _manifest(root: Path, rows: list[tuple[str, str, str]]) -> Path:
 
 
 def test_manifest_paths_outside_its_folder_are_refused_unless_allowed(tmp_path):
-    from animefaces.datasets import load_dataset
+    from animefaces.data.datasets import load_dataset
 
     rng = np.random.default_rng(0)
     (tmp_path / "data" / "images").mkdir(parents=True)
@@ -353,7 +353,7 @@ def test_shared_manifests_have_no_outside_paths():
     from conftest import SHARED
 
     import csv as csvlib
-    from animefaces.datasets import _outside
+    from animefaces.data.datasets import _outside
 
     manifests = sorted((SHARED / "data").glob("*/manifest.csv"))
     if not manifests:
@@ -370,7 +370,7 @@ def _break(data: Path, names) -> None:
 
 
 def test_skip_bad_that_empties_a_val_class_stops_before_fitting_or_saving(tmp_path):
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     data = make_dataset(tmp_path / "data", n_per_class=(8, 3, 3, 0))
     _break(data, [f"val-no_face-{i}.png" for i in range(3)])
@@ -385,7 +385,7 @@ def test_skip_bad_that_empties_a_val_class_stops_before_fitting_or_saving(tmp_pa
 
 
 def test_skip_bad_that_empties_a_train_class_or_a_split_is_a_dataset_error(tmp_path):
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     data = make_dataset(tmp_path / "data", n_per_class=(3, 3, 2, 0))
     _break(data, [f"train-face-{i}.png" for i in range(3)])
@@ -398,7 +398,7 @@ def test_skip_bad_that_empties_a_train_class_or_a_split_is_a_dataset_error(tmp_p
 
 
 def test_skip_bad_reports_the_counts_measured(tmp_path):
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     data = make_dataset(tmp_path / "data", n_per_class=(8, 3, 3, 0))
     _break(data, ["val-face-0.png", "train-no_face-1.png"])
@@ -414,8 +414,8 @@ def test_skip_bad_reports_the_counts_measured(tmp_path):
 
 # -- run folders: none left by a failed or killed sweep ---------------------------------------------
 def test_failed_sweep_leaves_no_run_folder(tmp_path, tiny_dataset, monkeypatch):
-    from animefaces import report
-    from animefaces.sweep import run_sweep
+    from animefaces.report import tables as report
+    from animefaces.train.sweep import run_sweep
 
     def boom(*a, **k):
         raise OSError(28, "No space left on device")
@@ -435,7 +435,7 @@ def test_incomplete_run_folder_of_a_killed_sweep_is_removed_next_time(tmp_path, 
     import socket
     import subprocess
 
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     reports = tmp_path / "reports"
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -515,7 +515,7 @@ def hostile_run(trained, tmp_path):
 
 
 def test_hostile_results_json_is_escaped_everywhere(hostile_run, monkeypatch):
-    from animefaces import html_report
+    from animefaces.report import html as html_report
 
     run, results = hostile_run
     opened = []
@@ -531,7 +531,7 @@ def test_hostile_results_json_is_escaped_everywhere(hostile_run, monkeypatch):
     assert page.count("&lt;script&gt;alert(1)&lt;/script&gt;") >= 10  # the values are shown, as text
     assert opened and not any("passwd" in p for p in opened)  # leaving the data folder: not read
     # report.md from the same document: no live HTML, no links
-    from animefaces.report import summary_markdown, table1_markdown, trust_markdown
+    from animefaces.report.tables import summary_markdown, table1_markdown, trust_markdown
 
     import re
 
@@ -564,7 +564,7 @@ def test_report_inputs_must_stay_inside_the_run_folder(hostile_run, name, capsys
     ('{"predictions": {"file": 7}}', r"predictions.file = 7; expected the name of a file"),
 ])
 def test_malformed_results_json_is_named_not_a_traceback(tmp_path, content, match):
-    from animefaces.html_report import build_html
+    from animefaces.report.html import build_html
 
     (tmp_path / "results.json").write_text(content)
     with pytest.raises(AnimeFacesError, match=match):
@@ -572,7 +572,7 @@ def test_malformed_results_json_is_named_not_a_traceback(tmp_path, content, matc
 
 
 def test_malformed_predictions_csv_is_named(hostile_run):
-    from animefaces.html_report import build_html
+    from animefaces.report.html import build_html
 
     run, _ = hostile_run
     (run / "predictions.csv").write_text("path,split,y,p,decision\na.png,val,notanumber,0.5,1\n")

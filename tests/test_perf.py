@@ -9,18 +9,19 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from animefaces import perf
-from animefaces.backbones import get_backbone, list_backbones
+from animefaces import _runtime
 from animefaces.errors import BadImageError
-from animefaces.extract import (_CPU_DEFAULTS, PRECISIONS, ExtractSettings, FeatureExtractor,
-                                default_settings, fold_batchnorm)
+from animefaces.features.backbones import get_backbone, list_backbones
+from animefaces.features.extract import PRECISIONS, FeatureExtractor
+from animefaces.features.settings import (_CPU_DEFAULTS, ExtractSettings, default_settings,
+                                          fold_batchnorm)
 
 from conftest import MINI, REPO, face_image, noface_image
 
 
 def test_allocator_fix_is_idempotent_and_harmless():
-    a = perf.tune_allocator()
-    b = perf.tune_allocator()
+    a = _runtime.tune_allocator()
+    b = _runtime.tune_allocator()
     assert a == b and set(a) == {"applied", "reason"}
     if sys.platform.startswith("linux") and os.path.exists("/lib/x86_64-linux-gnu/libc.so.6"):
         assert a["applied"] is True, a
@@ -34,8 +35,8 @@ def test_allocator_fix_is_idempotent_and_harmless():
 
 def test_allocator_fix_can_be_turned_off():
     env = dict(os.environ, ANIMEFACES_NO_MALLOPT="1", PYTHONPATH=str(REPO))
-    out = subprocess.run([sys.executable, "-c", "import json; from animefaces import perf; "
-                          "print(json.dumps(perf.tune_allocator()))"],
+    out = subprocess.run([sys.executable, "-c", "import json; from animefaces import _runtime; "
+                          "print(json.dumps(_runtime.tune_allocator()))"],
                          env=env, capture_output=True, text=True, check=True).stdout
     assert json.loads(out) == {"applied": False, "reason": "ANIMEFACES_NO_MALLOPT is set"}
 
@@ -56,7 +57,7 @@ def test_default_settings_exist_for_every_registered_backbone():
 
 
 def test_bf16_is_never_chosen_without_bf16_units(monkeypatch):
-    from animefaces import extract
+    from animefaces.features import extract
 
     monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: False)
     with pytest.warns(UserWarning, match="no bf16 units"):
@@ -69,10 +70,10 @@ def test_bf16_is_never_chosen_without_bf16_units(monkeypatch):
 def test_cpu_default_is_fp32_on_every_cpu_kind(monkeypatch, bf16_units, avx512):
     """Same answers on every x86-64 CPU: the default precision is fp32 with or without bf16 units
     (AVX2 Zen 3 and AVX512-BF16 Zen 4 alike); bf16 is an explicit opt-in with its own cache entry."""
-    from animefaces import extract
+    from animefaces.features import extract, settings
 
     monkeypatch.setattr(extract, "_cpu_has_bf16", lambda: bf16_units)
-    monkeypatch.setattr(extract, "_cpu_has_avx512", lambda: avx512)
+    monkeypatch.setattr(settings, "_cpu_has_avx512", lambda: avx512)
     import torch
 
     for name in list_backbones(include_test=True):
@@ -83,7 +84,7 @@ def test_cpu_default_is_fp32_on_every_cpu_kind(monkeypatch, bf16_units, avx512):
         assert fx.settings.precision == "fp32", (name, fx.settings)
     if bf16_units:
         fx = FeatureExtractor("vgg16", weights="random", device="cpu", precision="bf16")
-        assert fx.settings == extract.BF16_SETTINGS  # oneDNN: NNPACK has no bf16 path
+        assert fx.settings == settings.BF16_SETTINGS  # oneDNN: NNPACK has no bf16 path
         a = FeatureExtractor("tiny", weights="random", device="cpu", precision="bf16")
         b = FeatureExtractor("tiny", weights="random", device="cpu")
         assert a.settings.precision == "bf16" and a.fingerprint != b.fingerprint
@@ -92,7 +93,7 @@ def test_cpu_default_is_fp32_on_every_cpu_kind(monkeypatch, bf16_units, avx512):
 @pytest.mark.parametrize("backbone", [
     "tiny",
     # ~20 s on torch's reference bf16 path where the CPU has no bf16 units
-    pytest.param("mobilenet_v2", marks=[] if perf.cpu_has_bf16() else [pytest.mark.slow])])
+    pytest.param("mobilenet_v2", marks=[] if _runtime.cpu_has_bf16() else [pytest.mark.slow])])
 def test_bf16_and_fp32_features_agree_on_random_weights(backbone):
     rng = np.random.default_rng(0)
     imgs = [face_image(rng, 80), noface_image(rng, 80)]
@@ -111,7 +112,7 @@ def test_bf16_and_fp32_features_agree_on_random_weights(backbone):
 def test_fold_batchnorm_keeps_the_function():
     import torch
 
-    from animefaces.weights import load_trunk, resolve_weights
+    from animefaces.features.weights import load_trunk, resolve_weights
 
     for name in ("mobilenet_v2", "googlenet"):
         spec = get_backbone(name)
@@ -146,7 +147,7 @@ def _write_images(folder, n, *, bad=()):
 
 
 def test_extract_files_same_with_threads_and_a_worker_process(tmp_path):
-    from animefaces.cache import FeatureCache
+    from animefaces.features.cache import FeatureCache
 
     paths = _write_images(tmp_path / "im", 30, bad=(7,))
     paths.append(paths[3])  # a repeat: decoded once, returned twice
@@ -169,7 +170,7 @@ def test_extract_files_same_with_threads_and_a_worker_process(tmp_path):
 
 
 def test_extract_files_stops_at_a_bad_file_and_keeps_earlier_work(tmp_path):
-    from animefaces.cache import FeatureCache
+    from animefaces.features.cache import FeatureCache
 
     paths = _write_images(tmp_path / "im", 20, bad=(17,))
     fx = FeatureExtractor("tiny", weights="random", device="cpu", batch_size=4)
@@ -187,7 +188,7 @@ def test_transform_images_raises_for_the_first_bad_input_in_order(tmp_path):
 
 
 def test_threaded_decode_matches_one_at_a_time(tmp_path):
-    from animefaces.imageio import open_image, resize_to_array
+    from animefaces.data.images import open_image, resize_to_array
 
     paths = _write_images(tmp_path / "im", 24)
     fx = FeatureExtractor("tiny", weights="random", device="cpu", batch_size=24)
@@ -202,7 +203,7 @@ def test_threaded_decode_matches_one_at_a_time(tmp_path):
 
 
 def test_open_image_jpeg_with_exif_orientation_is_transposed(tmp_path):
-    from animefaces.imageio import open_image
+    from animefaces.data.images import open_image
 
     img = Image.new("RGB", (40, 20), (200, 0, 0))
     exif = Image.Exif()
@@ -238,7 +239,7 @@ def test_bench_quick_writes_json_and_markdown(tmp_path, capsys):
 
 
 def test_bench_rejects_unknown_backbone(tmp_path):
-    from animefaces.cli_bench import main
+    from animefaces.cli.bench import main
 
     assert main(["--quick", "--backbones", "vgg61", "--out", str(tmp_path)]) == 2
 
@@ -252,9 +253,9 @@ def test_bf16_opt_in_keeps_svm_accuracy_on_real_data(tmp_path):
     from sklearn.preprocessing import normalize
     from sklearn.svm import SVC
 
-    from animefaces.datasets import load_dataset
+    from animefaces.data.datasets import load_dataset
 
-    if not perf.cpu_has_bf16():
+    if not _runtime.cpu_has_bf16():
         with pytest.warns(UserWarning, match="no bf16 units"):
             fx = FeatureExtractor("mobilenet_v2", device="cpu", precision="bf16")
         assert fx.settings.precision == "fp32"
@@ -281,10 +282,10 @@ def test_bf16_opt_in_keeps_svm_accuracy_on_real_data(tmp_path):
 def test_nnpack_engine_gives_the_same_features_and_restores_onednn(monkeypatch):
     import torch
 
-    from animefaces import extract
+    from animefaces.features import settings
 
     # The AVX2 defaults (VGG on NNPACK), whatever this CPU is.
-    monkeypatch.setattr(extract, "_cpu_has_avx512", lambda: False)
+    monkeypatch.setattr(settings, "_cpu_has_avx512", lambda: False)
 
     rng = np.random.default_rng(2)
     imgs = [face_image(rng, 64), noface_image(rng, 64), face_image(rng, 72)]

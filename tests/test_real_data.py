@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 import animefaces
-from animefaces.sweep import run_sweep
+from animefaces.train.sweep import run_sweep
 
 from conftest import MINI
 

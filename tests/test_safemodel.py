@@ -5,9 +5,10 @@ import json
 import numpy as np
 import pytest
 
+from animefaces.classify.arrays import from_arrays, to_arrays
+from animefaces.classify.persist import TrainedModel, load_model, save_model
+from animefaces.classify.svm import make_pipeline
 from animefaces.errors import AnimeFacesError, ModelMismatchError
-from animefaces.safemodel import from_arrays, to_arrays
-from animefaces.svm import TrainedModel, load_model, make_pipeline, save_model
 
 
 @pytest.mark.parametrize("scaling", ["l2", "standard", "none"])
@@ -28,7 +29,7 @@ def test_array_svm_matches_the_sklearn_pipeline(scaling, params):
 
 
 def _saved(tmp_path):
-    from animefaces.ood import OODGuard
+    from animefaces.classify.ood import OODGuard
 
     rng = np.random.default_rng(1)
     X = rng.normal(size=(80, 8))
@@ -54,7 +55,7 @@ def test_saved_model_loads_without_unpickling(tmp_path, monkeypatch):
     m = load_model(path)
     np.testing.assert_allclose(m.decision(X), pipe.decision_function(X), rtol=1e-9, atol=1e-9)
     assert m.platt == (-1.5, 0.0) and m.extras["abstain"]["band"] == [0.05, 0.95]
-    from animefaces.ood import OODGuard
+    from animefaces.classify.ood import OODGuard
 
     g = OODGuard.from_dict(m.extras["ood"])
     assert g.train.shape == (60, 8) and g.thresholds["weak"] > 0

@@ -25,8 +25,8 @@ import av  # noqa: E402,F401  (the video extra; missing is a real failure)
 from animefaces.cli import main  # noqa: E402
 from animefaces.errors import AnimeFacesError, BadVideoError, ConfigError  # noqa: E402
 from animefaces.scan import (  # noqa: E402
-    FRAME_CSV_COLUMNS, RANGE_CSV_COLUMNS, FaceRange, contact_sheet, face_ranges, format_time,
-    scan_video, scan_videos)
+    FRAME_CSV_COLUMNS, RANGE_CSV_COLUMNS, contact_sheet, format_time, scan_video, scan_videos)
+from animefaces.classify.ranges import FaceRange, face_ranges  # noqa: E402
 
 from _videos import second_shown, stamp_second, write_audio_only, write_video, x264  # noqa: E402
 from conftest import face_image, make_dataset, noface_image, tiny_config  # noqa: E402
@@ -372,7 +372,7 @@ def test_scan_videos_without_out_writes_nothing_and_checks_names(coded, tmp_path
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory, _offline_module):
-    from animefaces.sweep import run_sweep
+    from animefaces.train.sweep import run_sweep
 
     root = tmp_path_factory.mktemp("model")
     data = make_dataset(root / "data")

@@ -4,8 +4,8 @@ calibrators on a perfectly separated val split)."""
 import numpy as np
 import pytest
 
-from animefaces.calibration import apply_calibrator, fit_calibrator
-from animefaces.svm import accuracy_se, one_se_pick
+from animefaces.classify.calibration import apply_calibrator, fit_calibrator
+from animefaces.classify.svm import accuracy_se, one_se_pick
 
 
 def test_one_image_never_decides_between_kernels():

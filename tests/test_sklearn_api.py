@@ -10,7 +10,7 @@ from sklearn.svm import SVC
 from sklearn.utils import estimator_checks as ec
 
 from animefaces import CNNFeatures
-from animefaces.datasets import load_dataset
+from animefaces.data.datasets import load_dataset
 
 
 def test_sklearn_api_checks_that_apply():

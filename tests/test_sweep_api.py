@@ -16,7 +16,8 @@ import animefaces
 from animefaces.cli import main
 from animefaces.config import config_from_dict, load_config
 from animefaces.errors import AnimeFacesError, BadImageError, ConfigError, ModelMismatchError
-from animefaces.sweep import extract_dataset, run_sweep
+from animefaces.features.dataset import extract_dataset
+from animefaces.train.sweep import run_sweep
 
 from conftest import face_image, make_dataset, noface_image, tiny_config
 
@@ -37,7 +38,7 @@ def test_sweep_writes_tables_results_and_model(swept):
     assert {f["kernel"] for f in r["fits"]} == {"rbf", "linear", "poly-2", "poly-3"}
     assert r["scaling"] == "l2" and "versions" in r and r["timings"]["fit_seconds"] >= 0
     assert "(random weights)" in (res.run_dir / "table1.md").read_text()
-    from animefaces.svm import load_model
+    from animefaces.classify.persist import load_model
 
     assert res.best_model.is_file() and res.best_model.suffix == ".json"  # the pointer
     meta = load_model(res.best_model).meta
@@ -48,7 +49,7 @@ def test_sweep_writes_tables_results_and_model(swept):
 
 def test_second_sweep_does_no_forward_pass(swept, monkeypatch):
     tmp_path, data, cfg, _ = swept
-    from animefaces import extract
+    from animefaces.features import extract
 
     def boom(*a, **k):
         raise AssertionError("forward pass on a cached dataset")
@@ -67,13 +68,13 @@ def test_cached_sweep_does_not_import_torch(swept):
 
     tmp_path, data, cfg, _ = swept
     code = ("import sys\n"
-            "from animefaces.sweep import run_sweep\n"
+            "from animefaces.train.sweep import run_sweep\n"
             f"res = run_sweep({str(data)!r}, config={str(cfg)!r}, weights='random', device='auto', progress=False)\n"
             "assert res.results['backbones']['tiny']['computed'] == 0\n"
             "print('torch imported' if 'torch' in sys.modules else 'no torch')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
-    from animefaces.extract import _gpu_driver_present
+    from animefaces.features.settings import _gpu_driver_present
 
     expected = "torch imported" if _gpu_driver_present() else "no torch"
     assert out.stdout.strip().splitlines()[-1] == expected, out.stdout
@@ -153,7 +154,7 @@ def test_predict_cli_writes_csv_and_json(swept, tmp_path, capsys):
 def test_predict_reuses_the_feature_cache_of_the_sweep(swept, tmp_path, capsys, monkeypatch):
     """Images the sweep already extracted are not run through the CNN again by predict; the
     table has a header line."""
-    from animefaces.extract import FeatureExtractor
+    from animefaces.features.extract import FeatureExtractor
 
     _, data, _, res = swept
     imgs = sorted((data.parent / "images").iterdir())
@@ -171,7 +172,7 @@ def test_predict_reuses_the_feature_cache_of_the_sweep(swept, tmp_path, capsys, 
 
 def test_tampered_or_mismatched_model_is_refused(swept, tmp_path):
     _, _, _, res = swept
-    from animefaces.svm import load_model, save_model
+    from animefaces.classify.persist import load_model, save_model
 
     # A model trained with other preprocessing (saved properly: its digest is right).
     model = load_model(res.best_model)
@@ -224,7 +225,7 @@ def test_config_validation(tmp_path):
 
 
 def test_precomputed_grid_matches_plain_svc(rng):
-    from animefaces.svm import fit_grid, refit
+    from animefaces.classify.svm import fit_grid, refit
 
     X = {s: rng.normal(size=(n, 20)).astype(np.float32) for s, n in (("train", 80), ("val", 40))}
     y = {s: (X[s][:, 0] + 0.3 * X[s][:, 1] ** 2 > 0).astype(int) for s in X}
@@ -250,8 +251,8 @@ def test_extract_killed_midway_resumes(tmp_path):
     proc.wait()
     shards = list(cache.glob("*/shard-*.npz"))
     assert shards, "no shard written before the kill"
-    from animefaces.cache import FeatureCache
-    from animefaces.extract import FeatureExtractor
+    from animefaces.features.cache import FeatureCache
+    from animefaces.features.extract import FeatureExtractor
 
     fx = FeatureExtractor("tiny", weights="random", device="cpu")
     done = len(FeatureCache(cache, fx.fingerprint, meta={}, name="tiny"))
@@ -268,8 +269,8 @@ def test_trust_reuses_grid_decisions_only_when_they_match_the_saved_model(swept)
     split), so they must be the saved model's own values; a mismatch falls back to the model."""
     import csv
 
-    from animefaces.svm import FitResult
-    from animefaces.sweep import _grid_decisions
+    from animefaces.classify.svm import FitResult
+    from animefaces.train.sweep import _grid_decisions
 
     tmp_path, data, _, res = swept
     assert res.results["best"]["decision_values"].startswith("grid fit")

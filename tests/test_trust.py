@@ -8,12 +8,12 @@ import pytest
 from PIL import Image, ImageDraw, ImageFont
 
 import animefaces
-from animefaces.calibration import (apply_band, apply_calibrator, brier, choose_band, ece,
-                                    fit_calibrator, raw_probability, risk_coverage)
-from animefaces.ood import OODGuard, image_stats
-from animefaces.report import table1_markdown
-from animefaces.svm import FitResult, degenerate_flags
-from animefaces.sweep import run_sweep
+from animefaces.classify.calibration import (apply_band, apply_calibrator, brier, choose_band, ece,
+                                             fit_calibrator, raw_probability, risk_coverage)
+from animefaces.classify.ood import OODGuard, image_stats
+from animefaces.classify.svm import FitResult, degenerate_flags
+from animefaces.report.tables import table1_markdown
+from animefaces.train.sweep import run_sweep
 
 from conftest import MINI, REPO, face_image, noface_image, tiny_config
 
@@ -41,7 +41,7 @@ def test_platt_newton_matches_logistic_regression_with_platt_targets(sd, n):
     regression on Platt's smoothed targets."""
     from sklearn.linear_model import LogisticRegression
 
-    from animefaces.svm import platt_fit
+    from animefaces.classify.calibration import platt_fit
 
     rng = np.random.default_rng(int(sd * 10) + n)
     s = rng.normal(0, sd, n)
@@ -168,7 +168,7 @@ def test_sweep_records_trust_numbers_and_predictions(swept):
         rows = list(csv.DictReader(f))
     assert len(rows) == sum(sum(c.values()) for c in r["data"]["counts"].values())
     assert {"path", "split", "group", "y", "decision", "p", "pred", "ood", "ood_reason"} <= set(rows[0])
-    from animefaces.svm import load_model
+    from animefaces.classify.persist import load_model
 
     meta = load_model(swept.best_model).meta
     assert meta["trust"]["calibration"]["method"] == cal["method"]
@@ -320,10 +320,10 @@ def test_two_evidence_tests_turn_off_when_the_training_images_look_like_that():
 @pytest.fixture(scope="module")
 def real_guard():
     """Guard fitted on train / val of the shared set with the default backbone."""
-    from animefaces.datasets import load_dataset
-    from animefaces.extract import FeatureExtractor
-    from animefaces.ood import is_gray, stats_for_files
-    from animefaces.sweep import extract_dataset
+    from animefaces.data.datasets import load_dataset
+    from animefaces.features.extract import FeatureExtractor
+    from animefaces.classify.ood import is_gray, stats_for_files
+    from animefaces.features.dataset import extract_dataset
 
     assert MINI.is_dir(), f"the shared data is missing: expected {MINI}"
     ds = load_dataset(MINI / "manifest.csv", require_splits=True)
@@ -347,7 +347,7 @@ def test_ood_catches_generated_frames_and_photos(real_guard):
         import skimage  # noqa: F401
     except ImportError:
         pytest.fail("scikit-image is needed for the non-anime probe photos: pip install scikit-image")
-    from animefaces.ood import evaluate_probes, probe_images
+    from animefaces.classify.probes import evaluate_probes, probe_images
 
     guard, fx, *_ = real_guard
     res = evaluate_probes(guard, fx, probe_images(seed=1, include_lfw=False))["kinds"]
@@ -365,7 +365,7 @@ def test_ood_catches_generated_frames_and_photos(real_guard):
 @pytest.mark.slow
 def test_ood_false_flags_on_shared_anime_images(real_guard):
     """Flags on every split must stay at or under 2% (every image there is an anime image)."""
-    from animefaces.ood import flag_summary
+    from animefaces.classify.ood import flag_summary
 
     guard, fx, feats, stats, split, group = real_guard
     flagged, reasons, _ = guard.flags(feats.X, stats)

@@ -1,4 +1,4 @@
-"""Frame sampling (animefaces.video) on small videos made here with PyAV (tests/_videos.py).
+"""Frame sampling (animefaces.data.video) on small videos made here with PyAV (tests/_videos.py).
 
 Every synthetic video shows one static picture per second: a seeded pattern of coloured blocks
 plus a 32x32 code patch in the top-left corner whose grey level says which second it is, so a
@@ -18,9 +18,11 @@ from PIL import Image
 import av  # noqa: E402  (the video extra; missing is a real failure)
 
 from animefaces.errors import AnimeFacesError, ConfigError  # noqa: E402
-from animefaces.video import (  # noqa: E402
-    FRAME_COLUMNS, BadVideoError, NearDuplicateFilter, apply_display_matrix, dhash,
-    extract_frames, iter_sampled_frames, probe_video, sample_frames)
+from animefaces.data.frames import (  # noqa: E402
+    FRAME_COLUMNS, NearDuplicateFilter, dhash, extract_frames)
+from animefaces.data.video import (  # noqa: E402
+    BadVideoError, iter_sampled_frames, probe_video, sample_frames)
+from animefaces.data.images import apply_display_matrix  # noqa: E402
 
 from _videos import second_shown, stamp_second, write_audio_only, write_video, x264  # noqa: E402
 
@@ -382,9 +384,9 @@ def test_bad_input_error_names_the_file(bad_inputs, name, reason):
 
 def test_bad_video_error_lives_in_errors_and_is_re_exported_by_video():
     import animefaces.errors
-    import animefaces.video
+    import animefaces.data.video
 
-    assert animefaces.video.BadVideoError is animefaces.errors.BadVideoError is BadVideoError
+    assert animefaces.data.video.BadVideoError is animefaces.errors.BadVideoError is BadVideoError
     assert issubclass(BadVideoError, animefaces.errors.AnimeFacesError)
 
 
@@ -414,7 +416,7 @@ def test_bad_inputs_do_not_stop_the_others(videos, bad_inputs, tmp_path):
 
 
 def cli(argv) -> int:
-    from animefaces import cli_video
+    from animefaces.cli import video as cli_video
 
     parser = argparse.ArgumentParser(prog="animefaces")
     cli_video.register(parser.add_subparsers(dest="command"))

@@ -1,0 +1,7 @@
+"""``python -m animefaces.cli``: the same as the ``animefaces`` command."""
+
+import sys
+
+from .app import main
+
+sys.exit(main())

@@ -1,0 +1,118 @@
+"""``animefaces extract`` and ``animefaces sweep``: thin calls into features and train."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from ..errors import AnimeFacesError
+from ._args import weights_arg
+
+
+def cmd_extract(args) -> int:
+    from ..features.dataset import extract_dataset
+
+    backbone = args.backbone
+    if args.model_alias:
+        print("warning: `extract --model` is deprecated: use --backbone (--model names a trained "
+              "classifier everywhere else)", file=sys.stderr)
+        if backbone and backbone != args.model_alias:
+            raise AnimeFacesError(f"--backbone {backbone} and --model {args.model_alias} disagree; "
+                                  f"give only --backbone")
+        backbone = backbone or args.model_alias
+    feats = extract_dataset(args.data, backbone=backbone or "mobilenet_v2", weights=args.weights,
+                            cache_dir=args.cache_dir, device=args.device, precision=args.precision,
+                            pooling=args.pooling, batch_size=args.batch_size,
+                            skip_bad=args.skip_bad, progress=not args.quiet,
+                            checkpoint_every=args.checkpoint_every,
+                            allow_outside=args.allow_outside_paths)
+    m = feats.meta
+    print(f"{m['backbone']}: {len(feats.records)} images -> {feats.X.shape[1]}-d features "
+          f"({feats.computed} computed, {len(feats.records) - feats.computed} from the cache) in "
+          f"{feats.seconds:.1f}s; cache {args.cache_dir}/{m['backbone']}-{m['fingerprint'][:12]}"
+          + ("; RANDOM weights" if m["random_weights"] else ""))
+    if feats.bad:
+        print(f"{len(feats.bad)} unreadable image(s) left out:")
+        for p, reason in feats.bad:
+            print(f"  {p}: {reason}")
+    return 0
+
+
+def cmd_sweep(args) -> int:
+    from ..train.sweep import run_sweep
+
+    backbones = [b.strip() for b in args.backbones.split(",")] if args.backbones else None
+    if args.task == "character":
+        from ..train.character import run_character_sweep
+
+        if args.allow_outside_paths:  # not silently ignored: character.py does not take it yet
+            raise AnimeFacesError("--allow-outside-paths works with --task face only for now; move "
+                                  "the images under the manifest's folder for the character task")
+
+        groups = [g.strip() for g in args.groups.split(",")] if args.groups else None
+        config = args.config
+        overrides = {k: v for k in ("precision", "pooling", "batch_size")
+                     if (v := getattr(args, k)) is not None}
+        if overrides:
+            from ..config import load_config
+            from ..train.common import with_features
+
+            config = with_features(load_config(config), overrides)
+        res = run_character_sweep(args.data, config=config, groups=groups,
+                                  min_per_class=args.min_per_class, backbones=backbones,
+                                  weights=weights_arg(args.weights), device=args.device,
+                                  out_dir=args.out, cache_dir=args.cache_dir,
+                                  models_dir=args.models_dir, set_best=args.set_best,
+                                  progress=not args.quiet)
+        print((Path(res["run_dir"]) / "report.md").read_text())
+        print(f"Reports: {res['run_dir']}")
+        return 0
+    res = run_sweep(args.data, config=args.config, backbones=backbones,
+                    weights=weights_arg(args.weights), device=args.device, out_dir=args.out,
+                    models_dir=args.models_dir, cache_dir=args.cache_dir,
+                    skip_bad=True if args.skip_bad else None, precision=args.precision,
+                    pooling=args.pooling, batch_size=args.batch_size,
+                    allow_outside=args.allow_outside_paths, set_best=args.set_best,
+                    progress=not args.quiet)
+    print(_sweep_summary(res.results, res.run_dir))
+    return 0
+
+
+def _sweep_summary(results: dict, run_dir) -> str:
+    """A few lines for the console: the chosen model and its numbers, how the features were
+    computed, what was skipped, where the reports and the model are (report.md has the rest)."""
+    from ..report.tables import runtime_line
+
+    best = results["best"]
+    acc = best.get("accuracy", {})
+    lines = [f"Chosen on val: {best['backbone']} {best['kernel']} ("
+             + ", ".join(f"{k}={v}" for k, v in best.get("params", {}).items()) + ")",
+             "  accuracy: " + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())]
+    if results.get("runtime"):
+        lines.append("  features: " + runtime_line(results["runtime"]))
+    skipped = [n for n, i in results.get("backbones", {}).items() if i.get("status") != "ok"]
+    if skipped:
+        lines.append(f"  skipped (no weights here): {', '.join(skipped)}; "
+                     f"`animefaces backbones -v` says where to put each file")
+    if results.get("bad_files"):
+        lines.append(f"  {len(results['bad_files'])} unreadable image(s) left out: see bad_files.csv")
+    lines.append(f"Reports: {run_dir}/report.md (Table 1 / Table 2), report.html")
+    lines.append(f"Model:   {_model_name(best['model'])}")
+    also = best.get("also_saved_as")
+    replaced = best.get("best_replaced") or {}
+    if also:
+        lines.append(f"         {_model_name(also)} now loads it too")
+    elif replaced.get("best"):
+        lines.append(f"         {replaced['best']} unchanged ({replaced.get('why')}; "
+                     f"--set-best replaces it)")
+    lines.append(f"Use it:  animefaces predict FRAMES --model {_model_name(also or best['model'])}")
+    return "\n".join(lines)
+
+
+def _model_name(path) -> str:
+    """``models/best`` for ``models/best.json`` (and an earlier ``.joblib``): what to type."""
+    text = str(path)
+    for suffix in (".json", ".joblib"):
+        if text.endswith(suffix):
+            return text[:-len(suffix)]
+    return text

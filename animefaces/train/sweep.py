@@ -1,0 +1,533 @@
+"""The sweep: extract (through the cache) -> fit the SVM grid -> choose on val -> save -> report.
+
+This module only orchestrates; extraction, fitting and writing tables live in their own modules.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+
+from ..config import SweepConfig, load_config
+from ..data.datasets import Dataset, load_dataset, without_bad
+from ..errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
+from ..features.dataset import ExtractedFeatures, extract_dataset, make_extractor
+from .common import backbones_to_run, with_features
+
+POSITIVE = "face"
+
+
+@dataclass
+class SweepResult:
+    run_dir: Path
+    best_model: Path | None
+    results: dict = field(repr=False, default_factory=dict)
+
+
+def _log(msg: str, progress: bool) -> None:
+    if progress:
+        print(msg, file=sys.stderr, flush=True)
+
+
+# Settings that change how fast a sweep runs or where it writes, not which model it chooses.
+_NOT_THE_MODEL = {"features": {"cache_dir", "device", "batch_size"},
+                  "svm": {"n_jobs", "cache_size"}, "output": None}
+
+
+def _model_settings(raw: dict) -> dict:
+    out = {}
+    for section, table in raw.items():
+        ignored = _NOT_THE_MODEL.get(section, set())
+        if ignored is None:
+            continue
+        out[section] = ({k: v for k, v in table.items() if k not in ignored}
+                        if isinstance(table, dict) else table)
+    return out
+
+
+def replaces_best(cfg: SweepConfig, set_best: bool | None, *, backbones=None,
+                  weights=None) -> tuple[bool, str]:
+    """Whether a run saves its model as the models folder's ``best`` too, and why (not).
+
+    ``best`` is what ``predict`` and ``FaceClassifier.load()`` use by default, so only a run
+    with the default config (the settings that choose the model as in configs/default.toml;
+    cache, device, batch size and output folders may differ) replaces it, or one told to with
+    ``set_best=True`` (``--set-best``); ``set_best=False`` never does.
+    """
+    if set_best is not None:
+        return bool(set_best), "--set-best" if set_best else "set_best=False"
+    from ..config import load_config
+
+    changed = [name for name, v in (("--backbones", backbones), ("--weights", weights)) if v]
+    if _model_settings(cfg.raw) != _model_settings(load_config(None).raw):
+        return False, f"config {Path(cfg.source).name or cfg.source} is not the default one"
+    if changed:
+        return False, f"the default config with {' and '.join(changed)} given"
+    return True, "the default config"
+
+
+INCOMPLETE = ".incomplete"
+_OWNER = "owner.json"
+
+
+def _staged_run_dir(root: Path, name: str) -> tuple[Path, Path]:
+    """(staging folder, final folder) for a run: the reports are written into
+    ``<name>.incomplete`` (made here, with the owner's pid) and renamed to ``<name>`` when all
+    are there, so a failed or killed sweep leaves no half-written or empty run folder."""
+    n = 1
+    final = root / name
+    while True:
+        staging = final.with_name(final.name + INCOMPLETE)
+        if not final.exists():
+            try:
+                staging.mkdir(parents=True)
+                break
+            except FileExistsError:
+                pass
+        n += 1
+        final = root / f"{name}-{n}"
+    (staging / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
+    return staging, final
+
+
+def _finish_run_dir(staging: Path, final: Path) -> Path:
+    (staging / _OWNER).unlink(missing_ok=True)
+    os.replace(staging, final)
+    return final
+
+
+def _clean_incomplete(root: Path, progress: bool) -> None:
+    """Remove ``*.incomplete`` run folders left by sweeps that were killed (their process is
+    gone); a folder of a sweep still running, or of another machine, is left alone."""
+    if not root.is_dir():
+        return
+    for d in sorted(root.glob(f"*{INCOMPLETE}")):
+        try:
+            owner = json.loads((d / _OWNER).read_text())
+            pid, host = int(owner["pid"]), owner["host"]
+        except (OSError, ValueError, KeyError, TypeError):
+            # no readable owner: written before the owner file, or damaged; old ones only
+            if time.time() - d.stat().st_mtime < 24 * 3600:
+                continue
+        else:
+            if host != socket.gethostname() or pid == os.getpid() or _alive(pid):
+                continue
+        shutil.rmtree(d, ignore_errors=True)
+        _log(f"[sweep] removed {d}: the reports of a sweep that did not finish", progress)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
+              backbones: list[str] | None = None, weights: dict[str, str] | str | None = None,
+              device: str | None = None, out_dir: os.PathLike | None = None,
+              models_dir: os.PathLike | None = None, cache_dir: os.PathLike | None = None,
+              skip_bad: bool | None = None, precision: str | None = None,
+              pooling: str | None = None, batch_size: int | None = None,
+              allow_outside: bool = False, set_best: bool | None = None,
+              progress: bool = True) -> SweepResult:
+    """Run the whole method on a dataset and write Table 1 / Table 2.
+
+    Args:
+        data: manifest CSV or folder tree with train and val (test / distinct optional; data
+            without splits gets a seeded stratified 60/20/20 split, noted in the report).
+        config: a :class:`SweepConfig`, a TOML path, a built-in name (``paper``) or None (default).
+        backbones: override the config's backbone list.
+        weights: ``{backbone: path_or_"random"}``, or one value for every backbone.
+        device, cache_dir, skip_bad, precision, pooling, batch_size: override the config's
+            ``[features]`` (same names and meaning as ``animefaces extract``).
+        out_dir: reports root (default: the config's ``reports_dir``); a run folder is made in it
+            when the reports are written (``<run>.incomplete`` until they all are: a sweep that
+            fails leaves no run folder; one that was killed leaves one the next sweep removes).
+        models_dir: where the best model is saved (default: the config's ``models_dir``).
+        allow_outside: accept manifest paths outside the manifest's folder (refused by default).
+        set_best: also make the model the folder's ``best`` (what ``predict`` loads by default).
+            None (default): only when the run uses the default config (see
+            :func:`replaces_best`); every run saves its own ``<run>-<backbone>-<kernel>``.
+
+    Returns:
+        :class:`SweepResult` with the run folder and the best model's path. The run folder also
+        gets predictions.csv (the best model's per-image scores) and report.html (needs
+        matplotlib); the model carries its calibrator, abstain band and out-of-domain guard.
+    """
+    from .. import __version__
+    from .._io import versions
+    from ..classify.calibration import platt_fit, summarize
+    from ..classify.persist import TrainedModel, save_model
+    from ..classify.svm import (degenerate_flags, fit_grid, link_model, one_se_pick, refit,
+                                select_per_row)
+    from ..report.tables import write_predictions, write_reports
+
+    t_start = time.perf_counter()
+    cfg = config if isinstance(config, SweepConfig) else load_config(config)
+    overrides = {k: v for k, v in (("precision", precision), ("pooling", pooling),
+                                   ("batch_size", batch_size)) if v is not None}
+    if overrides:
+        cfg = with_features(cfg, overrides)
+    device = device or cfg.device
+    cache_dir = Path(cache_dir or cfg.cache_dir)
+    skip_bad = cfg.skip_bad if skip_bad is None else skip_bad
+    ds = load_dataset(data, require_splits=True, seed=cfg.seed, allow_outside=allow_outside)
+    for needed in ("train", "val"):
+        if needed not in ds.splits:
+            raise AnimeFacesError(f"{ds.source}: no {needed!r} split; the sweep trains on train and "
+                                  f"chooses models on val (splits found: {', '.join(ds.splits)})")
+    names = backbones_to_run(cfg, backbones)
+    rows = cfg.kernel_rows()
+    reports_root = Path(out_dir or cfg.reports_dir)
+    run_name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{Path(cfg.source).stem or 'sweep'}"
+    _clean_incomplete(reports_root, progress)
+    _log(f"[sweep] data {ds.source}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in ds.counts().items())
+         + f"; reports go under {reports_root}", progress)
+
+    backbone_info: dict[str, dict] = {}
+    fits: list[dict] = []
+    bad_files: dict[str, str] = {}
+    candidates = []  # (val_acc, order, backbone, FitResult, features)
+    extract_seconds = fit_seconds = calib_seconds = 0.0
+    # "available" means found on this machine: discovery does not start downloads (a backbone
+    # named explicitly still gets torchvision's download as the last resort).
+    discover = backbones is None and cfg.backbones == "available"
+    for b_index, name in enumerate(names):
+        w = weights.get(name) if isinstance(weights, dict) else weights
+        try:
+            if discover and w is None:
+                from ..features.backbones import get_backbone
+                from ..features.weights import resolve_weights
+
+                resolve_weights(get_backbone(name), download=False)
+            fx = make_extractor(name, weights=w, device=device, precision=cfg.precision,
+                                pooling=cfg.pooling, batch_size=cfg.batch_size)
+        except (WeightsNotFoundError, WeightsMismatchError) as exc:
+            backbone_info[name] = {"status": "skipped", "reason": str(exc)}
+            # one line here; the full fix is in report.md and `animefaces backbones -v`
+            _log(f"[sweep] skip {name}: {_first_clause(exc)}", progress)
+            continue
+        feats = extract_dataset(ds, extractor=fx, cache_dir=cache_dir, skip_bad=skip_bad,
+                                progress=progress)
+        extract_seconds += feats.seconds
+        for p, reason in feats.bad:
+            bad_files[str(p)] = reason
+        if feats.bad:
+            # What is left must still be a dataset the sweep can measure (the manifest's checks
+            # again), or it would choose on, say, a val split of faces only.
+            kept = without_bad(ds, feats.records, feats.bad)
+            _log(f"[sweep] {name}: {len(feats.bad)} unreadable image(s) left out (--skip-bad); "
+                 + ", ".join(f"{s} {sum(c.values())}" for s, c in kept.counts().items()), progress)
+        y_all = np.array([r.label == POSITIVE for r in feats.records], dtype=np.int64)
+        split_of = np.array([r.split for r in feats.records])
+        X = {s: feats.X[split_of == s] for s in ds.splits}
+        y = {s: y_all[split_of == s] for s in ds.splits}
+        _log(f"[sweep] {name}: features {feats.X.shape[1]}-d for {len(feats.records)} images in "
+             f"{feats.seconds:.1f}s ({feats.computed} computed, the rest from the cache); "
+             f"fitting {sum(len(c) for _, _, c in rows)} SVMs", progress)
+        t0 = time.perf_counter()
+        results = fit_grid(X, y, rows, scaling=cfg.scaling, cache_size=cfg.cache_size,
+                           seed=cfg.seed, n_jobs=cfg.n_jobs)
+        fit_seconds += time.perf_counter() - t0
+        best_rows = select_per_row(results, on=cfg.select_on, n=len(y[cfg.select_on]))
+        backbone_info[name] = {"status": "ok", "features": feats.meta,
+                               "extract_seconds": round(feats.seconds, 3),
+                               "computed": feats.computed, "n_images": len(feats.records),
+                               "n_bad": len(feats.bad),
+                               "random_weights": feats.meta["random_weights"]}
+        for r in results:
+            flags, flag_details = degenerate_flags(r, y)
+            fits.append({"backbone": name, "kernel": r.row, "params": r.params,
+                         "accuracy": r.accuracy, "positive_rate": r.positive_rate,
+                         "fit_seconds": round(r.fit_seconds, 4),
+                         "selected": best_rows[r.row] is r, "flags": flags})
+            if flag_details:
+                fits[-1]["degenerate"] = flag_details
+            if best_rows[r.row] is r:
+                # Calibration of every table row (on val), measured on every split.
+                t0 = time.perf_counter()
+                fits[-1]["calibration"] = summarize(
+                    r.decision, y, method=cfg.calibration, folds=cfg.calibration_folds,
+                    n_bins=cfg.ece_bins, seed=cfg.seed)[2]
+                calib_seconds += time.perf_counter() - t0
+        for row_name, r in best_rows.items():
+            candidates.append((name, r, X, y, feats))
+
+    if not candidates:
+        raise AnimeFacesError("no backbone could run: " + "; ".join(
+            f"{n}: {i['reason']}" for n, i in backbone_info.items()))
+
+    # Best model on val only, by the one-SE rule: ties go to the earlier backbone / row in the
+    # config (the default config lists RBF first, then linear, then polynomials by degree).
+    best_name, best, X, y, feats = one_se_pick(
+        candidates, acc=lambda c: c[1].accuracy[cfg.select_on], n=len(candidates[0][3][cfg.select_on]))
+    t0 = time.perf_counter()
+    # The out-of-domain guard needs the chosen backbone's features, not the model: it is fitted
+    # in a thread while libsvm refits the model on one core (both release the GIL).
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        ood_job = pool.submit(_fit_ood, cfg, feats, cache_dir) if cfg.ood else None
+        pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
+                         cache_size=cfg.cache_size, seed=cfg.seed)
+        dec_val = pipeline.decision_function(X["val"]).astype(np.float64)
+        platt = platt_fit(dec_val, y["val"])
+        refit_seconds = time.perf_counter() - t0
+        t0 = time.perf_counter()  # trust time: waiting for the guard, then the rest
+        ood = ood_job.result() if ood_job is not None else None
+    grid_dec = _grid_decisions(best, dec_val)
+    dec = grid_dec if grid_dec is not None else {
+        s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
+    extras, trust, per_image = _fit_trust(cfg, dec, y, feats, progress, ood=ood)
+    trust_seconds = time.perf_counter() - t0
+    measured = without_bad(ds, feats.records, feats.bad)  # checked when extracted
+    # The run folder is made only now, as <name>.incomplete, and renamed when every report is
+    # in it: a sweep that fails leaves none (a killed one leaves one the next sweep removes).
+    run_dir, final_dir = _staged_run_dir(reports_root, run_name)
+    staging = run_dir
+    try:
+        run_id = final_dir.name
+        model_meta = {
+            "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
+            "scaling": cfg.scaling, "features": feats.meta, "accuracy": best.accuracy,
+            "selected_on": cfg.select_on, "labels": {"1": "face", "0": "no_face"},
+            "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        model_meta["trust"] = {k: dict(trust[k]) for k in ("calibration", "abstain", "ood") if k in trust}
+        model_meta["trust"].get("abstain", {}).pop("risk_coverage", None)
+        model = TrainedModel(pipeline=pipeline, platt=platt, meta=model_meta, extras=extras)
+        models_root = Path(models_dir or cfg.models_dir)
+        model_path = save_model(model, models_root / f"{run_id}-{best_name}-{best.row}")
+        to_best, why = replaces_best(cfg, set_best, backbones=backbones, weights=weights)
+        # One pointer replaced atomically: readers of best see the old model or this one.
+        best_path = link_model(models_root / "best", model_path) if to_best else None
+        results_doc = {
+            "run_id": run_id,
+            "created": model_meta["created"],
+            "config_source": cfg.source,
+            "config": cfg.raw,
+            "scaling": cfg.scaling,
+            # how the chosen backbone's features were computed (same answers need the same precision)
+            "runtime": _runtime(feats.meta),
+            # the images measured: after --skip-bad, what is left (the counts as read beside it)
+            "data": {"source": ds.source, "layout": ds.layout, "counts": measured.counts(),
+                     "notes": ds.notes,
+                     **({"counts_before_skip": ds.counts(), "n_left_out": len(feats.bad)}
+                        if feats.bad else {})},
+            "backbones": backbone_info,
+            "kernels": [r for r, _, _ in rows],
+            "fits": fits,
+            "selection": "accuracy on val, one-standard-error rule; ties go to the earlier backbone / "
+                         "kernel / C in config order",
+            "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
+                     "accuracy": best.accuracy, "model": str(model_path),
+                     "also_saved_as": str(best_path) if best_path else None,
+                     "best_replaced": {"done": bool(best_path), "why": why,
+                                       "best": str(models_root / "best")},
+                     "platt": list(platt),
+                     # where the decision values behind trust / predictions.csv came from
+                     "decision_values": "grid fit (equal to the refit on val)" if grid_dec is not None
+                                        else "refit model"},
+            "trust": trust,
+            "footnotes": _flag_footnotes(fits),
+            "bad_files": [{"path": p, "reason": r} for p, r in sorted(bad_files.items())],
+            # fit: the SVM grid; refit: the chosen model on the real kernel + Platt, with the OOD
+            # guard fitted meanwhile in a thread (ood_seconds, overlapping refit_seconds);
+            # calibration: per-row calibration summaries; trust: the wait for the guard after the
+            # refit, calibrator, abstain band and per-image rows of the best model; report: report.md / .csv / results.json / report.html.
+            "timings": {"extract_seconds": round(extract_seconds, 3),
+                        "fit_seconds": round(fit_seconds, 3),
+                        "refit_seconds": round(refit_seconds, 3),
+                        "calibration_seconds": round(calib_seconds, 3),
+                        "trust_seconds": round(trust_seconds, 3),
+                        "ood_seconds": (trust.get("ood") or {}).get("seconds", 0.0)},
+            "versions": dict(versions(), animefaces=__version__),
+        }
+        t0 = time.perf_counter()
+        results_doc["timings"]["total_seconds"] = round(t0 - t_start, 3)  # before the reports
+        write_predictions(run_dir / "predictions.csv", per_image, root=_data_root(ds))
+        results_doc["predictions"] = {"file": "predictions.csv", "data_root": str(_data_root(ds))}
+        try:
+            from ..report.html import write_html_report
+
+            write_html_report(run_dir, results=results_doc)
+        except ImportError as exc:  # matplotlib is the optional 'report' extra
+            _log(f"[sweep] no report.html ({exc}); pip install 'animefaces[report]'", progress)
+        results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
+        results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
+        write_reports(results_doc, run_dir)  # results.json (with the report time), md, csv
+        run_dir = _finish_run_dir(run_dir, final_dir)
+        _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
+             + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
+             + f"; model {model_path}", progress)
+        return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
+        raise
+
+
+def _first_clause(exc: Exception) -> str:
+    """The first clause of a (long) error message, for one console line."""
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    for sep in ("; ", ": put", ". "):
+        if sep in text[20:]:
+            text = text[:20 + text[20:].index(sep)]
+            break
+    return text if len(text) <= 110 else text[:107] + "..."
+
+
+def _runtime(meta: dict) -> dict:
+    from .._runtime import cpu_flags, cpu_has_bf16
+
+    cpu = {}
+    if str(meta.get("device", "cpu")).startswith("cpu"):
+        flags = cpu_flags()
+        model = ""
+        try:
+            with open("/proc/cpuinfo") as f:
+                model = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
+        except OSError:
+            pass
+        cpu = {"model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
+               "bf16_units": cpu_has_bf16()}
+    return {"precision": meta.get("precision"), "device": meta.get("device"),
+            "batch_size": meta.get("batch_size"), "pooling": meta.get("pooling"),
+            "channels_last": meta.get("channels_last"), "cpu": cpu}
+
+
+def _data_root(ds: Dataset) -> Path:
+    src = Path(ds.source)
+    return (src.parent if src.suffix.lower() == ".csv" else src).resolve()
+
+
+def _flag_footnotes(fits: list[dict]) -> list[str]:
+    """One footnote per kind of degenerate-model flag shown in the tables."""
+    from ..classify.svm import FLAG_NEAR_MAJORITY, FLAG_ONE_CLASS
+    from ..report.tables import FLAG_MARKERS
+
+    shown = {f for fit in fits if fit["selected"] for f in fit.get("flags", [])}
+    hidden = sum(1 for fit in fits if not fit["selected"] and fit.get("flags"))
+    notes = []
+    if FLAG_ONE_CLASS in shown:
+        notes.append(f"{FLAG_MARKERS[FLAG_ONE_CLASS]} degenerate: predicts one class for >= 95% of "
+                     f"a balanced split (see results.json fits[].degenerate)")
+    if FLAG_NEAR_MAJORITY in shown:
+        notes.append(f"{FLAG_MARKERS[FLAG_NEAR_MAJORITY]} degenerate: val accuracy within 5 points "
+                     f"of always answering the majority label")
+    if hidden:
+        notes.append(f"{hidden} other fitted parameter set(s), not chosen for the tables, are "
+                     f"flagged as degenerate in results.json")
+    return notes
+
+
+def _grid_decisions(best, dec_val: np.ndarray) -> dict | None:
+    """The grid fit's decision values of every split, when they are the refitted model's.
+
+    The grid trains on a precomputed kernel and the saved model is refitted on the real one:
+    libsvm sees the same numbers, so both give the same decision values up to rounding, and
+    computing them again on every split (kernel rows against every support vector: as costly
+    as scoring the grid) is wasted. Checked on val, which the refit scores anyway for Platt;
+    None (recompute) if they differ by more than rounding.
+    """
+    grid_val = best.decision.get("val")
+    if grid_val is None or grid_val.shape != dec_val.shape:
+        return None
+    tol = 1e-6 * (1.0 + float(np.max(np.abs(dec_val), initial=0.0)))
+    if float(np.max(np.abs(grid_val - dec_val), initial=0.0)) > tol:
+        return None
+    return dict(best.decision, val=dec_val)
+
+
+def _fit_ood(cfg: SweepConfig, feats: ExtractedFeatures, cache_dir: Path) -> dict:
+    """The out-of-domain guard fitted on train / val features and image statistics, and its
+    flags on every image (record order)."""
+    from ..classify.ood import OODGuard, flag_summary, is_gray, stats_for_files
+
+    t0 = time.perf_counter()
+    split_of = np.array([r.split for r in feats.records])
+    stats = stats_for_files([r.path for r in feats.records], cache_dir=cache_dir / "image-stats",
+                            n_jobs=min(2, os.cpu_count() or 1))
+    groups = np.array([r.group or "" for r in feats.records], dtype=object)
+    guard = OODGuard(min_side=cfg.ood_min_side, flat_resid=cfg.ood_flat,
+                     noise_autocorr=cfg.ood_noise, k=cfg.ood_k, quantile=cfg.ood_quantile,
+                     text=cfg.ood_text, weak_quantile=cfg.ood_weak_quantile)
+    tr, va = split_of == "train", split_of == "val"
+    guard.fit(feats.X[tr], groups_train=groups[tr], gray_train=is_gray(stats[tr]),
+              X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]),
+              stats_train=stats[tr], stats_val=stats[va])
+    flag, reason, dist = guard.flags(feats.X, stats)
+    summary = dict(guard.describe(), false_flags=flag_summary(flag, reason, split_of, groups),
+                   seconds=round(time.perf_counter() - t0, 3))
+    return {"guard": guard, "flag": flag, "reason": reason, "distance": dist, "summary": summary}
+
+
+def _fit_trust(cfg: SweepConfig, dec: dict, y: dict, feats: ExtractedFeatures,
+               progress: bool, ood: dict | None = None):
+    """Calibrator and abstain band for the chosen model (fitted on val), their measurements on
+    every split, the out-of-domain guard's results, and per-image rows for predictions.csv.
+
+    Args:
+        dec: the model's decision values per split, (n,) float64 each, in record order.
+        ood: :func:`_fit_ood`'s result (None: the guard is off).
+
+    Returns:
+        (model extras, the ``trust`` section of results.json, per-image rows).
+    """
+    from ..classify.calibration import (abstain_summary, apply_band, apply_calibrator, choose_band,
+                                        summarize)
+
+    cal, info, cal_summary = summarize(dec, y, method=cfg.calibration, folds=cfg.calibration_folds,
+                                       n_bins=cfg.ece_bins, seed=cfg.seed)
+    probs = {s: apply_calibrator(cal, d) for s, d in dec.items()}
+    if cfg.abstain == "off":
+        band, how = None, "abstention off in the config"
+    elif isinstance(cfg.abstain, list):
+        band, how = tuple(cfg.abstain), "fixed in the config"
+    else:
+        band, how = choose_band(info["oof"], y["val"], target=cfg.abstain_target)
+    extras = {"calibration": cal,
+              "abstain": {"band": None if band is None else list(band), "target": cfg.abstain_target,
+                          "how": how}}
+    trust = {"calibration": cal_summary,
+             "abstain": abstain_summary(band, how, probs, y,
+                                        target=cfg.abstain_target if cfg.abstain == "auto" else None)}
+    n = len(feats.records)
+    ood_flag = np.zeros(n, bool)
+    ood_reason: list = [None] * n
+    ood_dist = np.full(n, np.nan)
+    if ood is not None:
+        ood_flag, ood_reason, ood_dist = ood["flag"], ood["reason"], ood["distance"]
+        extras["ood"] = ood["guard"].to_dict()
+        trust["ood"] = ood["summary"]
+        _log("[sweep] out-of-domain guard: flags " + ", ".join(
+            f"{s} {v['rate']:.1%}" for s, v in trust["ood"]["false_flags"].items())
+             + " of the (in-domain) data", progress)
+    # Per-image rows in record order (each split's values keep record order within it).
+    pos = {s: 0 for s in dec}
+    rows = []
+    band_labels = {s: apply_band(probs[s], band) for s in probs}
+    for i, r in enumerate(feats.records):
+        s = r.split
+        j = pos[s]
+        pos[s] += 1
+        lab = int(band_labels[s][j])
+        rows.append({"path": r.path, "split": s, "group": r.group or "", "y": int(y[s][j]),
+                     "decision": float(dec[s][j]), "p": float(probs[s][j]),
+                     "pred": {1: "face", 0: "no_face", -1: "unsure"}[lab],
+                     "ood": int(ood_flag[i]), "ood_reason": ood_reason[i] or "",
+                     "ood_distance": float(ood_dist[i])})
+    return extras, trust, rows
