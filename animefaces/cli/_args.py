@@ -72,3 +72,29 @@ def add_sampling_options(p: argparse.ArgumentParser, *, keyframes_default: bool)
 def sampling_fps(args: argparse.Namespace) -> float | None:
     """The API's ``fps`` from parsed ``--fps``: ``--fps 0`` (no per-second frames) is None."""
     return None if args.fps == 0 else args.fps
+
+
+def add_feature_options(sp: argparse.ArgumentParser) -> None:
+    """The feature options shared by extract and sweep (same names, same meaning)."""
+    # The same names and meaning on extract and sweep; on sweep, unset means "the config's".
+    sweep = sp.prog.endswith("sweep")
+    sp.add_argument("--cache-dir", default=None if sweep else "features",
+                    help="feature cache folder (default: features/)")
+    sp.add_argument("--device", default=None if sweep else "auto",
+                    help="auto (CUDA if present), cpu, cuda, cuda:N")
+    sp.add_argument("--precision", default=None if sweep else "auto",
+                    choices=["auto", "fp32", "bf16", "fp16"],
+                    help="auto: fp32 on every CPU (the same answers on any CPU), fp16 on CUDA; "
+                         "bf16: ~2x faster on CPUs with bf16 units, slightly different "
+                         "features (cached separately)")
+    sp.add_argument("--pooling", default=None if sweep else "auto",
+                    choices=["auto", "max", "avg", "maxavg"],
+                    help="spatial pooling of the feature map (auto: the backbone's default)")
+    sp.add_argument("--batch-size", type=int, default=None,
+                    help="images per forward pass (default: the backbone's measured best)")
+    sp.add_argument("--skip-bad", action="store_true",
+                    help="leave unreadable images out (listed in the output) instead of stopping")
+    sp.add_argument("--allow-outside-paths", action="store_true",
+                    help="accept manifest paths outside the manifest's folder (absolute, or "
+                         "../ above it); refused by default")
+    sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+
 def cmd_backbones(args) -> int:
     from ..errors import WeightsMismatchError, WeightsNotFoundError
     from ..features.backbones import get_backbone, list_backbones
@@ -22,3 +23,10 @@ def cmd_backbones(args) -> int:
 
             print(f"{'':<22}fix: {missing_weights_message(spec)}")
     return 0
+
+
+def register(sub) -> None:
+    b = sub.add_parser("backbones", help="list backbones, feature sizes and whether weights are found")
+    b.add_argument("--all", action="store_true", help="include test-only backbones")
+    b.add_argument("-v", "--verbose", action="store_true", help="print the fix for missing weights")
+    b.set_defaults(func=cmd_backbones)

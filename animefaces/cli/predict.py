@@ -6,6 +6,8 @@ import csv
 import json
 import sys
 
+from ._args import add_allow_pickle
+
 
 def cmd_predict(args) -> int:
     import os
@@ -102,3 +104,37 @@ def _emit(args, rows, *, csv_header, csv_row, line, n_err: int, table_header: st
     if n_err:
         print(f"{n_err} of {len(rows)} image(s) could not be read ('error' above)", file=sys.stderr)
     return 1 if n_err else 0
+
+
+def register(sub) -> None:
+    pr = sub.add_parser("predict", help="classify image files or folders with a trained model",
+                        description="Classify image files, and the images in folders (recursively), "
+                                    "with a model saved by `animefaces sweep`. An input that cannot "
+                                    "be read (missing, a folder without images, not a regular file, "
+                                    "not an image, corrupt) gets a row with label 'error' and the "
+                                    "reason; the other inputs are still answered.",
+                        epilog="exit status: 0 every input answered; 1 some inputs could not be read "
+                               "(their rows say 'error'); 2 nothing was classified (bad model, "
+                               "option or setup: the message says why).")
+    pr.add_argument("inputs", nargs="+", metavar="FILE_OR_DIR")
+    pr.add_argument("--model", default=None,
+                    help="model saved by sweep (default: models/best); a character model "
+                         "(sweep --task character: models/character-best) names the character "
+                         "in each image instead")
+    pr.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    pr.add_argument("--output", "-o", default=None, help="write to this file instead of stdout")
+    pr.add_argument("--threshold", type=float, default=0.5, help="P(face) threshold (default 0.5)")
+    pr.add_argument("--abstain", default="auto", metavar="auto|off|LO,HI",
+                    help="answer 'unsure' when LO < P(face) < HI (auto: the band chosen on val "
+                         "and saved with the model; off: always answer)")
+    pr.add_argument("--no-ood", action="store_true",
+                    help="do not flag non-anime inputs (photos, blank or text frames, thumbnails) "
+                         "as out_of_domain")
+    pr.add_argument("--device", default="auto")
+    add_allow_pickle(pr)
+    pr.add_argument("--cache-dir", default="features",
+                    help="feature cache shared with extract / sweep: cached images are not run "
+                         "through the CNN again, new ones are added (default: features/; "
+                         "'none': keep nothing on disk)")
+    pr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    pr.set_defaults(func=cmd_predict)

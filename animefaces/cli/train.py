@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
 from ..errors import AnimeFacesError
-from ._args import weights_arg
+from ._args import add_feature_options, weights_arg
 
 
 def cmd_extract(args) -> int:
@@ -116,3 +117,50 @@ def _model_name(path) -> str:
         if text.endswith(suffix):
             return text[:-len(suffix)]
     return text
+
+
+def register(sub) -> None:
+    e = sub.add_parser("extract", help="extract features for every image once, into the cache",
+                       description="Extract pooled CNN features for every image of a dataset into "
+                                   "the feature cache. Already cached images (by content hash) are "
+                                   "not recomputed; an interrupted run resumes.")
+    e.add_argument("--backbone", dest="backbone", default=None,
+                   help="backbone name (see `animefaces backbones`; default mobilenet_v2)")
+    # --model meant the backbone here but the trained classifier everywhere else
+    e.add_argument("--model", dest="model_alias", default=None, help=argparse.SUPPRESS)
+    e.add_argument("--data", required=True, help="manifest CSV (path,label,split[,group]) or folder tree")
+    e.add_argument("--weights", default=None,
+                   help="weights file for the backbone, or 'random' (tests only)")
+    e.add_argument("--checkpoint-every", type=int, default=256, metavar="N",
+                   help="save finished features every N images (an interrupted run resumes there)")
+    add_feature_options(e)
+    e.set_defaults(func=cmd_extract)
+
+    s = sub.add_parser("sweep", help="train the SVM grid and write Table 1 / Table 2",
+                       description="Extract what is missing, fit the SVM grid for every backbone "
+                                   "whose weights are available, choose the best on val, save it "
+                                   "under models/ and write Table 1 / Table 2 (Markdown, CSV) and "
+                                   "results.json into a run folder under reports/.")
+    s.add_argument("--data", required=True, help="manifest CSV or folder tree")
+    s.add_argument("--config", default=None,
+                   help="TOML config, or a built-in name: default, paper (default: configs/default.toml)")
+    s.add_argument("--backbones", default=None, help="comma-separated backbones (overrides the config)")
+    s.add_argument("--weights", action="append", default=None, metavar="[NAME=]PATH|random",
+                   help="weights for all backbones, or NAME=PATH per backbone (repeatable)")
+    s.add_argument("--task", choices=["face", "character"], default="face",
+                   help="face: face / no_face (Table 1 / 2); character: identify characters, "
+                        "classes from the group column of face rows or CHARACTER/ folders")
+    s.add_argument("--groups", default=None, metavar="PATTERNS",
+                   help="character task: comma-separated glob patterns of classes to keep "
+                        "(e.g. 'sytwu:*,ao7108:*')")
+    s.add_argument("--min-per-class", type=int, default=5,
+                   help="character task: leave out classes with fewer training images (default 5)")
+    s.add_argument("--out", default=None, help="reports folder (default: reports/)")
+    s.add_argument("--models-dir", default=None, help="where the best model goes (default: models/)")
+    s.add_argument("--set-best", action="store_true", default=None,
+                   help="also make the chosen model the folder's best (models/best, or "
+                        "models/character-best), which predict loads by default; without it only "
+                        "a run with the default config replaces it (every run saves its own "
+                        "models/<run>-<backbone>-<kernel>)")
+    add_feature_options(s)
+    s.set_defaults(func=cmd_sweep)
