@@ -1,4 +1,5 @@
-"""What every cached file does when it is found damaged: set it aside, say so, rebuild it.
+"""Files: one sha256, one UTC timestamp, one provenance (versions), atomic writes, and what every
+cached file does when it is found damaged: set it aside, say so, rebuild it.
 
 A cache file (feature shards, the hash index, the image-statistics table) is only ever a copy of
 work that can be done again, so a damaged one must never stop a run; but deleting it would lose
@@ -9,6 +10,7 @@ to where it was, one line on stderr names it and the reason, and the caller rebu
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -17,6 +19,28 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
+
+
+def sha256_file(path: os.PathLike | str) -> str:
+    """Hex sha256 of a file's bytes (image content keys, weight and model files)."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of bytes in memory (model files as written, fingerprints)."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def utc_now() -> str:
+    """The time now as UTC ISO 8601 to the second (``2026-12-03T07:12:00+00:00``): the one
+    timestamp format of every manifest, model, report and scan file."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def utc_stamp() -> str:
+    """The time now in UTC for file and folder names (``20261203-071200``)."""
+    return datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S")
 
 
 def set_aside(path: os.PathLike | str, reason: str, *, what: str = "cache file") -> Path | None:

@@ -66,14 +66,6 @@ def _mallopt() -> dict:
                                        f"M_TRIM_THRESHOLD={TRIM_THRESHOLD}"}
 
 
-def allocator_env_fixed() -> bool:
-    """True when the environment already sets glibc's tunables the same way (or preloads
-    tcmalloc), so :func:`tune_allocator` adds nothing."""
-    if "tcmalloc" in os.environ.get("LD_PRELOAD", ""):
-        return True
-    return os.environ.get("MALLOC_MMAP_MAX_") == "0"
-
-
 def usable_cpus() -> int:
     """CPUs this process may run on (respects taskset / cgroup affinity, unlike os.cpu_count)."""
     try:

@@ -9,7 +9,7 @@ class AnimeFacesError(Exception):
     """Base class: a problem the user can fix; the message says how."""
 
 
-class ConfigError(AnimeFacesError):
+class ConfigError(AnimeFacesError, ValueError):
     """A config file or option has an unknown key or a bad value."""
 
 

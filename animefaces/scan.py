@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_write_bytes, atomic_write_json
+from ._io import atomic_write_bytes, atomic_write_json, utc_now
 from .classify.ranges import (FaceRange, FrameScore, check_seconds, check_thresholds, face_ranges,
                               infer_step)
 from .data.video import (Frame, VideoClock, check_sampling_options, check_unique_stems,
@@ -564,7 +564,7 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
                           "[t, t + step); ranges shorter than min_duration dropped",
             "model": summary.model,
             "versions": video_versions(),
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "created": utc_now(),
             "elapsed_s": round(summary.elapsed_s, 3),
             "videos": [_result_json(r, summary.outputs.get(str(r.video)))
                        for r in summary.results],

@@ -15,6 +15,8 @@ import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.utils.validation import check_is_fitted
 
+from .features.backbones import DEFAULT_BACKBONE
+
 
 class CNNFeatures(TransformerMixin, BaseEstimator):
     """Images -> pooled CNN features, cache-aware.
@@ -30,7 +32,7 @@ class CNNFeatures(TransformerMixin, BaseEstimator):
     arrays, or a (N, H, W, 3) uint8 array. ``transform`` returns (N, feature_dim) float32.
     """
 
-    def __init__(self, backbone: str = "mobilenet_v2", *, weights=None, device: str = "auto",
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, weights=None, device: str = "auto",
                  precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
                  cache_dir: str | os.PathLike | None = None, progress: bool = False):
         self.backbone = backbone

@@ -7,7 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
-from animefaces.features import cache as cache_mod, fileindex
+from animefaces import _io
+from animefaces.features import fileindex
 from animefaces.features.dataset import extract_dataset
 from animefaces.features.fileindex import INDEX_NAME, HashIndex, RealPaths
 
@@ -27,13 +28,13 @@ def _extract(data, cache_dir):
 
 def _count_hashes(monkeypatch):
     calls = []
-    real = cache_mod.file_sha256
+    real = _io.sha256_file
 
     def counting(path):
         calls.append(os.path.basename(path))
         return real(path)
 
-    monkeypatch.setattr(cache_mod, "file_sha256", counting)
+    monkeypatch.setattr(_io, "sha256_file", counting)
     return calls
 
 

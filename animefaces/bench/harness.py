@@ -10,6 +10,7 @@ import os
 import time
 from dataclasses import dataclass
 
+from .._io import utc_now
 from .._runtime import tune_allocator, usable_cpus
 from .measure import (_LoadMeter, Timing, _small_jpegs, bf16_probe, count_gflops, machine_info,
                       peak_matmul_gflops, peak_rss_mb, synthetic_frames, time_it)
@@ -420,7 +421,7 @@ def run_benchmark(opts: BenchOptions, *, log=print) -> dict:
     quick = opts.quick
     min_time = 0.2 if quick else 1.5
     repeats = 2 if quick else 3
-    res: dict = {"schema": 1, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    res: dict = {"schema": 1, "created": utc_now(),
                  "options": {k: (list(v) if isinstance(v, tuple) else v)
                              for k, v in opts.__dict__.items()},
                  "machine": machine_info()}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import time
+from .._io import utc_stamp
 
 
 def results_markdown(res: dict) -> str:
@@ -146,7 +146,7 @@ def write_results(res: dict, out_dir) -> tuple:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     js, md = out / f"bench-{stamp}.json", out / f"bench-{stamp}.md"
     text = json.dumps(res, indent=2, default=str) + "\n"
     table = results_markdown(res)

@@ -23,7 +23,6 @@ side) still load; their JSON numbers had no digest (the values are checked, see 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -32,6 +31,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import sha256_bytes
 from ..errors import AnimeFacesError, ModelMismatchError
 
 MODEL_FORMAT = "animefaces-model/2"
@@ -51,7 +51,7 @@ def canonical(doc: dict) -> bytes:
 
 def digest_of(doc: dict) -> str:
     """sha256 (hex) of the canonical form of ``doc`` without its ``digest`` field."""
-    return hashlib.sha256(canonical({k: v for k, v in doc.items() if k != "digest"})).hexdigest()
+    return sha256_bytes(canonical({k: v for k, v in doc.items() if k != "digest"}))
 
 
 def _plain(value):

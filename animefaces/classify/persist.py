@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .._io import versions
+from .._io import sha256_bytes, sha256_file, versions
 from ..errors import AnimeFacesError, ModelMismatchError
 from .calibration import platt_apply
 
@@ -80,7 +80,6 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
     Raises:
         AnimeFacesError: the folder cannot be written (disk full, read-only), named.
     """
-    import hashlib
     import io
 
     from . import modelstore
@@ -100,7 +99,7 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
         info, arrays = packed
         data = npz_bytes(dict(arrays, **extra_arrays))
         files["model.npz"] = data
-        doc["arrays"] = dict(info, file="model.npz", sha256=hashlib.sha256(data).hexdigest())
+        doc["arrays"] = dict(info, file="model.npz", sha256=sha256_bytes(data))
     else:
         # Not an SVC pipeline that arrays can hold: only a pickle can (loading it needs
         # allow_pickle=True). The OOD reference features still go to the npz.
@@ -110,11 +109,11 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
         joblib.dump({"format": MODEL_FORMAT, "pipeline": model.pipeline}, buf)
         files["model.joblib"] = buf.getvalue()
         doc["pickle"] = {"file": "model.joblib",
-                         "sha256": hashlib.sha256(files["model.joblib"]).hexdigest()}
+                         "sha256": sha256_bytes(files["model.joblib"])}
         if extra_arrays:
             data = npz_bytes(extra_arrays)
             files["model.npz"] = data
-            doc["extra_arrays"] = {"file": "model.npz", "sha256": hashlib.sha256(data).hexdigest()}
+            doc["extra_arrays"] = {"file": "model.npz", "sha256": sha256_bytes(data)}
     doc = modelstore.seal(doc)
     pointer = modelstore.write_model(path, doc, files)
     model.meta = dict(doc, model_sha256=doc["digest"])
@@ -187,7 +186,6 @@ def load_model(path: os.PathLike | str, *, trust: bool = True,
 
 def _read_npz(found, part: dict) -> dict:
     """The arrays of ``part`` (``{"file", "sha256"}``), hashed from the bytes that are read."""
-    import hashlib
     import io
 
     fname = str(part.get("file"))
@@ -201,7 +199,7 @@ def _read_npz(found, part: dict) -> dict:
         raise AnimeFacesError(f"model arrays {arrays_file} are missing (named in "
                               f"{found.json_path.name}); restore the file or retrain with "
                               f"`animefaces sweep`") from None
-    digest = hashlib.sha256(data).hexdigest()
+    digest = sha256_bytes(data)
     if digest != part.get("sha256"):
         raise ModelMismatchError(f"model file {arrays_file} has sha256 {digest[:16]}..., but "
                                  f"{found.json_path.name} says {str(part.get('sha256'))[:16]}...: "
@@ -371,8 +369,6 @@ def check_answers(model: TrainedModel, *, where) -> None:
 
 def _check_sha256(model_file: Path, expected, meta_name: str) -> None:
     """ModelMismatchError unless ``model_file`` hashes to what its JSON (``meta_name``) says."""
-    from ..features.weights import sha256_file
-
     try:
         digest = sha256_file(model_file)
     except FileNotFoundError:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ..errors import AnimeFacesError
+from ..features.backbones import DEFAULT_BACKBONE
 from ._args import add_feature_options, weights_arg
 
 
@@ -21,7 +22,7 @@ def cmd_extract(args) -> int:
             raise AnimeFacesError(f"--backbone {backbone} and --model {args.model_alias} disagree; "
                                   f"give only --backbone")
         backbone = backbone or args.model_alias
-    feats = extract_dataset(args.data, backbone=backbone or "mobilenet_v2", weights=args.weights,
+    feats = extract_dataset(args.data, backbone=backbone or DEFAULT_BACKBONE, weights=args.weights,
                             cache_dir=args.cache_dir, device=args.device, precision=args.precision,
                             pooling=args.pooling, batch_size=args.batch_size,
                             skip_bad=args.skip_bad, progress=not args.quiet,

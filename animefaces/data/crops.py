@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_write_bytes, atomic_write_json, utc_now
 from ..errors import AnimeFacesError, ConfigError, DatasetError
 from .images import is_image_name, open_image
 
@@ -487,7 +487,7 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
                      "threshold": threshold if confirm is not None else None,
                      "fps": fps, "keyframes": keyframes, "seek": seek},
         "versions": video_versions() | {"opencv": _import_cv2().__version__},
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": utc_now(),
         "elapsed_s": round(summary.elapsed_s, 3),
         "totals": {"frames": summary.frames, "detections": summary.detections,
                    "rejected": summary.rejected, "crops_written": summary.crops_written,

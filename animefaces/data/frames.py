@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_write_bytes, atomic_write_json
+from .._io import atomic_write_bytes, atomic_write_json, utc_now
 from ..errors import BadVideoError, ConfigError
 from .video import (VideoClock, check_sampling_options, check_unique_stems, probe_durations,
                     sample_frames, video_time_bar, video_versions)
@@ -286,7 +286,7 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
                      "dedup_hash": "dHash 64-bit (9x8 grayscale, BOX resize)",
                      "image_format": fmt, "seek": seek},
         "versions": video_versions(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "created": utc_now(),
         "elapsed_s": round(summary.elapsed_s, 3),
         "videos": [vars(r) for r in summary.results],
     })

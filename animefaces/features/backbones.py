@@ -8,7 +8,7 @@ import it lazily so that ``import animefaces`` stays cheap.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 from ..errors import ConfigError
@@ -57,7 +57,6 @@ class BackboneSpec:
         convert_state: optional ``convert(state_dict) -> state_dict`` for checkpoints with foreign keys.
         description: one line for ``animefaces backbones``.
         test_only: True for models that exist only for tests (no pretrained weights).
-        paper: True for the backbones of the AnimeFaces paper.
         default_pooling: ``max`` (the paper: maximum over spatial positions), ``avg`` or
             ``maxavg``; a config or ``--pooling`` can override it.
         needs_weights: False for feature extractors with nothing to learn (``huehist``).
@@ -77,11 +76,9 @@ class BackboneSpec:
     convert_state: Callable | None = None
     description: str = ""
     test_only: bool = False
-    paper: bool = False
     default_pooling: str = "max"
     needs_weights: bool = True
     in_available: bool = True
-    extra: dict = field(default_factory=dict)
 
     def preprocessing_id(self) -> str:
         """A string that changes whenever preprocessing changes (part of the cache fingerprint)."""
@@ -258,23 +255,23 @@ register(BackboneSpec(
     description="MobileNetV2, ImageNet weights shipped by a registry package (the default)"))
 register(BackboneSpec(
     name="alexnet", feature_dim=256, feature_layer="features (pool5, 6x6 map)",
-    build=_tv("alexnet"), trunk=_features_trunk, paper=True,
+    build=_tv("alexnet"), trunk=_features_trunk,
     weights=_tvw("alexnet-owt-7be5be79.pth", "7be5be79", "AlexNet_Weights.IMAGENET1K_V1", "alexnet"),
     description="AlexNet (paper), ImageNet weights from torchvision"))
 register(BackboneSpec(
     name="vgg16", feature_dim=512, feature_layer="features (pool5, 7x7 map)",
-    build=_tv("vgg16"), trunk=_features_trunk, paper=True,
+    build=_tv("vgg16"), trunk=_features_trunk,
     weights=_tvw("vgg16-397923af.pth", "397923af", "VGG16_Weights.IMAGENET1K_V1", "vgg16"),
     description="VGG16 (paper), ImageNet weights from torchvision"))
 register(BackboneSpec(
     name="vgg19", feature_dim=512, feature_layer="features (pool5, 7x7 map)",
-    build=_tv("vgg19"), trunk=_features_trunk, paper=True,
+    build=_tv("vgg19"), trunk=_features_trunk,
     weights=_tvw("vgg19-dcbb9e9d.pth", "dcbb9e9d", "VGG19_Weights.IMAGENET1K_V1", "vgg19"),
     description="VGG19 (paper), ImageNet weights from torchvision"))
 register(BackboneSpec(
     name="googlenet", feature_dim=1024, feature_layer="inception5b (7x7 map)",
     build=_tv("googlenet", aux_logits=True, transform_input=True, init_weights=False),
-    trunk=_googlenet_trunk, paper=True,
+    trunk=_googlenet_trunk,
     weights=_tvw("googlenet-1378be20.pth", "1378be20", "GoogLeNet_Weights.IMAGENET1K_V1", "googlenet"),
     description="GoogLeNet / Inception v1 (paper), ImageNet weights from torchvision"))
 register(BackboneSpec(
@@ -286,7 +283,7 @@ register(BackboneSpec(
     description="Inception v3 (GochiUsa_Faces paper), ImageNet weights from torchvision"))
 register(BackboneSpec(
     name="vggface", feature_dim=512, feature_layer="pool5 (7x7 map)",
-    build=_build_vggface, trunk=_features_trunk, paper=True,
+    build=_build_vggface, trunk=_features_trunk,
     mean=VGGFACE_MEAN, std=(1.0, 1.0, 1.0), scale=255.0, convert_state=_vggface_convert,
     weights=WeightFile(
         filename="vgg_face_dag.pth",

@@ -20,7 +20,6 @@ is nowhere else for them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import struct
@@ -38,12 +37,6 @@ from ..errors import AnimeFacesError
 SHARD_GLOB = "shard-*.npz"
 _FEATURE_DTYPE = np.dtype("<f4")
 _KEY_DTYPE = np.dtype("S64")
-
-
-def file_sha256(path: os.PathLike) -> str:
-    """Content hash of one image file (hex sha256)."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # -- shard files ---------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from ..data.datasets import Dataset, Record, load_dataset
+from .backbones import DEFAULT_BACKBONE
 
 
 @dataclass
@@ -43,7 +44,7 @@ def make_extractor(backbone: str, *, weights=None, device="auto", precision="aut
                             pooling=pooling, batch_size=batch_size or None)
 
 
-def extract_dataset(data, *, backbone: str = "mobilenet_v2", weights=None,
+def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
                     cache_dir: os.PathLike | str = "features", device: str = "auto",
                     precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
                     skip_bad: bool = False, progress: bool = True, extractor=None,

@@ -34,7 +34,7 @@ from .._runtime import cpu_has_bf16, tune_allocator, usable_cpus
 from ..data.images import (DEFAULT_MAX_PIXELS, as_rgb_image, check_image_file, open_image,
                            resize_to_array)
 from ..errors import BadImageError, ConfigError
-from .backbones import get_backbone
+from .backbones import DEFAULT_BACKBONE, get_backbone
 from .settings import (BF16_SETTINGS, ExtractSettings, _nnpack_available, default_settings,
                        fold_batchnorm, resolve_device)
 
@@ -99,7 +99,7 @@ class FeatureExtractor:
             (both, each L2-normalised, concatenated).
     """
 
-    def __init__(self, backbone: str = "mobilenet_v2", *, weights=None, device: str = "auto",
+    def __init__(self, backbone: str = DEFAULT_BACKBONE, *, weights=None, device: str = "auto",
                  precision: str = "auto", batch_size: int | None = None,
                  num_workers: int | None = None, channels_last: bool | None = None,
                  pooling: str = "auto", max_pixels: int = DEFAULT_MAX_PIXELS):
@@ -177,10 +177,9 @@ class FeatureExtractor:
 
     @property
     def fingerprint(self) -> str:
-        import hashlib
+        from .._io import sha256_bytes
 
-        blob = json.dumps(self.fingerprint_fields(), sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        return sha256_bytes(json.dumps(self.fingerprint_fields(), sort_keys=True).encode())
 
     def describe(self) -> dict:
         """Metadata for caches, models and reports."""
@@ -397,7 +396,8 @@ class FeatureExtractor:
         """
         from tqdm.auto import tqdm
 
-        from .cache import FeatureCache, file_sha256
+        from .. import _io
+        from .cache import FeatureCache
 
         paths = [Path(p) for p in paths]
         if cache is None:
@@ -424,7 +424,7 @@ class FeatureExtractor:
                         return known, None
                     if not is_racy(st):
                         stat_keys[i] = key
-                return file_sha256(p), None
+                return _io.sha256_file(p), None
             except BadImageError as exc:
                 return None, exc.reason
             except OSError as exc:

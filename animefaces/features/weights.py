@@ -14,12 +14,12 @@ file-name prefix) before it is loaded, and loaded with ``weights_only=True``.
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from .._io import sha256_file
 from ..errors import WeightsMismatchError, WeightsNotFoundError
 from .backbones import BackboneSpec
 
@@ -44,15 +44,6 @@ class ResolvedWeights:
     @property
     def is_random(self) -> bool:
         return self.source == "random"
-
-
-def sha256_file(path: os.PathLike, *, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def torch_hub_checkpoints_dir() -> Path:

@@ -107,7 +107,7 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
     results.json)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
-    from .._io import atomic_write_bytes, atomic_write_json, versions
+    from .._io import atomic_write_bytes, atomic_write_json, utc_now, versions
     from ..classify.persist import TrainedModel, save_model
     from ..classify.svm import fit_grid, link_model, one_se_pick, refit, select_per_row
     from ..features.dataset import extract_dataset, make_extractor
@@ -152,14 +152,13 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
                                          n=len(chosen[0][3]["val"]))
     pipe = refit(best.params, X["train"], y["train"], scaling=cfg.scaling, cache_size=cfg.cache_size,
                  seed=cfg.seed)
-    from datetime import datetime, timezone
 
     model_meta = {
         "task": "character", "classes": classes, "run_id": run_dir.name, "backbone": name,
         "kernel": best.row, "params": best.params, "scaling": cfg.scaling, "features": meta,
         "accuracy": best.accuracy, "selected_on": "val",
         "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
     model = TrainedModel(pipeline=pipe, platt=(0.0, 0.0), meta=model_meta)
     models_root = Path(models_dir or cfg.models_dir)

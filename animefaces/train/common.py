@@ -4,9 +4,9 @@ the run folder.
 
 from __future__ import annotations
 
-from datetime import datetime
 from pathlib import Path
 
+from .._io import utc_stamp
 from ..config import SweepConfig
 
 
@@ -30,7 +30,7 @@ def with_features(cfg: SweepConfig, overrides: dict) -> SweepConfig:
 
 
 def new_run_dir(root: Path, stem: str) -> Path:
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     run_dir = root / f"{stamp}-{stem}"
     n = 1
     while run_dir.exists():

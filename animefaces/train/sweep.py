@@ -12,7 +12,6 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -168,7 +167,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         matplotlib); the model carries its calibrator, abstain band and out-of-domain guard.
     """
     from .. import __version__
-    from .._io import versions
+    from .._io import utc_now, utc_stamp, versions
     from ..classify.calibration import platt_fit, summarize
     from ..classify.persist import TrainedModel, save_model
     from ..classify.svm import (degenerate_flags, fit_grid, link_model, one_se_pick, refit,
@@ -192,7 +191,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     names = backbones_to_run(cfg, backbones)
     rows = cfg.kernel_rows()
     reports_root = Path(out_dir or cfg.reports_dir)
-    run_name = f"{datetime.now().strftime('%Y%m%d-%H%M%S')}-{Path(cfg.source).stem or 'sweep'}"
+    run_name = f"{utc_stamp()}-{Path(cfg.source).stem or 'sweep'}"
     _clean_incomplete(reports_root, progress)
     _log(f"[sweep] data {ds.source}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in ds.counts().items())
          + f"; reports go under {reports_root}", progress)
@@ -305,7 +304,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             "scaling": cfg.scaling, "features": feats.meta, "accuracy": best.accuracy,
             "selected_on": cfg.select_on, "labels": {"1": "face", "0": "no_face"},
             "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "created": utc_now(),
         }
         model_meta["trust"] = {k: dict(trust[k]) for k in ("calibration", "abstain", "ood") if k in trust}
         model_meta["trust"].get("abstain", {}).pop("risk_coverage", None)
