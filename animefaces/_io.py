@@ -115,17 +115,29 @@ def torch_version() -> str | None:
         return getattr(mod, "__version__", None)
 
 
-def versions() -> dict:
+def versions(*, svm: bool = True, video: bool = False) -> dict:
+    """Versions of what made an artefact, for its metadata JSON: animefaces, Python, numpy,
+    torch (from package metadata, without importing it); with ``svm`` scikit-learn and joblib;
+    with ``video`` PyAV and FFmpeg's libraries (``{library: "x.y.z"}``; left out without PyAV)."""
     import platform
-
-    import joblib
-    import sklearn
 
     from . import __version__
 
-    out = {"animefaces": __version__, "scikit-learn": sklearn.__version__, "joblib": joblib.__version__,
-           "numpy": np.__version__, "python": platform.python_version()}
-    out["torch"] = torch_version()
+    out = {"animefaces": __version__, "python": platform.python_version(),
+           "numpy": np.__version__, "torch": torch_version()}
+    if svm:
+        import joblib
+        import sklearn
+
+        out |= {"scikit-learn": sklearn.__version__, "joblib": joblib.__version__}
+    if video:
+        try:
+            import av
+        except ImportError:
+            pass
+        else:
+            out["av"] = av.__version__
+            out["ffmpeg"] = {k: ".".join(map(str, v)) for k, v in av.library_versions.items()}
     return out
 
 

@@ -42,12 +42,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ._io import atomic_write_bytes, atomic_write_json, utc_now
+from ._io import atomic_write_bytes, atomic_write_json, utc_now, versions
 from .classify.ranges import (FaceRange, FrameScore, check_seconds, check_thresholds, face_ranges,
                               infer_step)
 from .data.video import (Frame, VideoClock, check_sampling_options, check_unique_stems,
-                         probe_durations, probe_video, sample_frames, video_time_bar,
-                         video_versions)
+                         probe_durations, probe_video, sample_frames, video_time_bar)
 from .errors import AnimeFacesError, BadVideoError, ConfigError
 
 FRAME_CSV_COLUMNS = ("time_s", "frame_index", "p_face", "label", "frame_type")
@@ -563,7 +562,7 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
                           "off longer than min_gap end a range; a frame at t stands for "
                           "[t, t + step); ranges shorter than min_duration dropped",
             "model": summary.model,
-            "versions": video_versions(),
+            "versions": versions(video=True),
             "created": utc_now(),
             "elapsed_s": round(summary.elapsed_s, 3),
             "videos": [_result_json(r, summary.outputs.get(str(r.video)))

@@ -58,9 +58,14 @@ def reliability(p, y, *, n_bins: int = 15) -> dict:
             "frac_face": [None if not c else float(v) for c, v in zip(n, frac)]}
 
 
+def sigmoid(z) -> np.ndarray:
+    """The logistic function 1 / (1 + e^-z), (n,) float64; z clipped to +-500 (no overflow)."""
+    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(z, np.float64), -500, 500)))
+
+
 def raw_probability(decision) -> np.ndarray:
     """The uncalibrated baseline: the logistic function of the SVM decision value."""
-    return 1.0 / (1.0 + np.exp(-np.clip(np.asarray(decision, np.float64), -500, 500)))
+    return sigmoid(decision)
 
 
 # -- calibrators -----------------------------------------------------------------------------------
@@ -100,8 +105,7 @@ def apply_calibrator(cal: dict, decision) -> np.ndarray:
     """P(face) for SVM decision values, (n,) float64, inside the calibrator's ``clip`` range."""
     s = np.asarray(decision, np.float64)
     if cal["method"] == "platt":
-        z = np.clip(cal["a"] * s + cal["b"], -500, 500)
-        p = 1.0 / (1.0 + np.exp(z))
+        p = sigmoid(-(cal["a"] * s + cal["b"]))  # Platt's P = 1 / (1 + exp(a*s + b))
     elif cal["method"] == "isotonic":
         # The same piecewise-linear map (clipped at both ends) as IsotonicRegression.predict.
         p = np.interp(s, np.asarray(cal["x"]), np.asarray(cal["y"]))
@@ -377,5 +381,4 @@ def platt_fit(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
 
 def platt_apply(scores: np.ndarray, ab: tuple[float, float]) -> np.ndarray:
     a, b = ab
-    z = np.clip(a * np.asarray(scores, np.float64) + b, -500, 500)
-    return 1.0 / (1.0 + np.exp(z))
+    return sigmoid(-(a * np.asarray(scores, np.float64) + b))

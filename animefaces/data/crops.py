@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_write_bytes, atomic_write_json, utc_now
+from .._io import atomic_write_bytes, atomic_write_json, utc_now, versions
 from ..errors import AnimeFacesError, ConfigError, DatasetError
 from .images import is_image_name, open_image
 
@@ -475,7 +475,6 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
     write_manifest(csv_path, writer.rows, columns=CROP_COLUMNS, replace_groups=groups,
                    sort_key=_crop_sort_key)
     summary.elapsed_s = time.perf_counter() - t0
-    from .video import video_versions
 
     atomic_write_json(out / "manifest.json", {
         "made_by": "animefaces.data.crops.extract_crops",
@@ -486,7 +485,7 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
                      if confirm is not None else None,
                      "threshold": threshold if confirm is not None else None,
                      "fps": fps, "keyframes": keyframes, "seek": seek},
-        "versions": video_versions() | {"opencv": _import_cv2().__version__},
+        "versions": versions(svm=False, video=True) | {"opencv": _import_cv2().__version__},
         "created": utc_now(),
         "elapsed_s": round(summary.elapsed_s, 3),
         "totals": {"frames": summary.frames, "detections": summary.detections,

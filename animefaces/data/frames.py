@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .._io import atomic_write_bytes, atomic_write_json, utc_now
+from .._io import atomic_write_bytes, atomic_write_json, utc_now, versions
 from ..errors import BadVideoError, ConfigError
 from .video import (VideoClock, check_sampling_options, check_unique_stems, probe_durations,
-                    sample_frames, video_time_bar, video_versions)
+                    sample_frames, video_time_bar)
 
 
 FRAME_COLUMNS = ("path", "label", "split", "group", "video", "frame_index", "time_s", "frame_type")
@@ -285,7 +285,7 @@ def extract_frames(videos: Iterable[os.PathLike | str], out_dir: os.PathLike | s
         "settings": {"fps": fps, "keyframes": keyframes, "dedup": dedup,
                      "dedup_hash": "dHash 64-bit (9x8 grayscale, BOX resize)",
                      "image_format": fmt, "seek": seek},
-        "versions": video_versions(),
+        "versions": versions(svm=False, video=True),
         "created": utc_now(),
         "elapsed_s": round(summary.elapsed_s, 3),
         "videos": [vars(r) for r in summary.results],

@@ -474,26 +474,6 @@ def check_unique_stems(paths: Iterable[Path], *, what: str = "videos") -> None:
         seen[p.stem] = p
 
 
-def video_versions() -> dict:
-    """Versions of animefaces, Python, PyAV and FFmpeg's libraries, for a run's metadata JSON.
-
-    Returns:
-        ``{"animefaces": ..., "python": ..., "av": ..., "ffmpeg": {library: "x.y.z"}}``; the
-        last two are left out when PyAV is not installed.
-    """
-    from .. import __version__
-
-    out = {"animefaces": __version__, "python": sys.version.split()[0]}
-    try:
-        import av
-
-        out["av"] = av.__version__
-        out["ffmpeg"] = {k: ".".join(map(str, v)) for k, v in av.library_versions.items()}
-    except ImportError:
-        pass
-    return out
-
-
 class VideoClock:
     """Feeds a tqdm bar in seconds of video time across all videos of a run.
 
