@@ -159,7 +159,61 @@ def feature_chunks(fx, images, *, on_error: str, progress: bool, batch_size: int
             yield ok, fx.transform_images(decoded), [f"<image {i}>" for i in ok], decoded, False
 
 
-class FaceClassifier:
+class TrainedClassifier:
+    """What the face and character classifiers share: a saved model, the feature extractor it
+    was trained with (checked to match), an optional feature cache, and batched prediction over
+    mixed inputs. Subclasses say how an error and a batch of features become answers."""
+
+    def __init__(self, model, extractor, *, path: Path | None = None,
+                 cache_dir: os.PathLike | str | None = None):
+        self.model = model
+        self.extractor = extractor
+        self.path = path
+        self.cache_dir = cache_dir
+
+    @property
+    def backbone(self) -> str:
+        return self.extractor.spec.name
+
+    def predict(self, image):
+        """Answer for one image (path, PIL image or numpy array).
+
+        Raises:
+            BadImageError: the image cannot be read (the message names it).
+        """
+        return self.predict_many([image], on_error="raise")[0]
+
+    def predict_many(self, images, *, on_error: str = "raise", progress: bool = False,
+                     batch_size: int | None = None) -> list:
+        """Answers for many images, batched through the CNN, in input order.
+
+        Args:
+            images: paths, PIL images or numpy arrays (mixed is fine).
+            on_error: ``raise`` (stop at the first unreadable image) or ``report`` (an answer
+                that carries the reason in ``error``).
+        """
+        images = list(images)
+        results: list = [None] * len(images)
+
+        def error_result(i, source, reason):
+            results[i] = self._error(source, reason)
+
+        for idx, X, names, inputs, files in feature_chunks(
+                self.extractor, images, on_error=on_error, progress=progress,
+                batch_size=batch_size, error_result=error_result, cache_dir=self.cache_dir):
+            if idx:
+                for i, answer in zip(idx, self._answers(X, names, inputs, files)):
+                    results[i] = answer
+        return results
+
+    def _error(self, source: str, reason: str):
+        raise NotImplementedError
+
+    def _answers(self, X, names, inputs, files: bool) -> list:
+        raise NotImplementedError
+
+
+class FaceClassifier(TrainedClassifier):
     """A trained face / no-face classifier with its feature extractor.
 
     Build one with :meth:`load`. ``predict`` takes a path, a PIL image or a numpy array;
@@ -168,11 +222,8 @@ class FaceClassifier:
 
     def __init__(self, model, extractor, *, threshold: float = 0.5, path: Path | None = None,
                  abstain="auto", ood: bool = True, cache_dir: os.PathLike | str | None = None):
-        self.model = model
-        self.cache_dir = cache_dir
-        self.extractor = extractor
+        super().__init__(model, extractor, path=path, cache_dir=cache_dir)
         self.threshold = threshold
-        self.path = path
         self.band = resolve_band(abstain, model, threshold=threshold)
         self.guard = None
         if ood and model.extras.get("ood"):
@@ -220,38 +271,11 @@ class FaceClassifier:
         return cls(model, fx, threshold=threshold, path=model_file, abstain=abstain, ood=ood,
                    cache_dir=cache_dir)
 
-    @property
-    def backbone(self) -> str:
-        return self.extractor.spec.name
+    def _error(self, source: str, reason: str) -> Prediction:
+        return Prediction(source=source, label="error", score=float("nan"), error=reason)
 
-    def predict(self, image) -> Prediction:
-        """Classify one image (path, PIL image or numpy array).
-
-        Raises:
-            BadImageError: the image cannot be read (the message names it).
-        """
-        return self.predict_many([image], on_error="raise")[0]
-
-    def predict_many(self, images, *, on_error: str = "raise", progress: bool = False,
-                     batch_size: int | None = None) -> list[Prediction]:
-        """Classify many images, batched through the CNN.
-
-        Args:
-            images: paths, PIL images or numpy arrays (mixed is fine).
-            on_error: ``raise`` (stop at the first unreadable image) or ``report`` (return a
-                Prediction with label ``error`` and the reason for it).
-        """
-        images = list(images)
-        results: list[Prediction | None] = [None] * len(images)
-
-        def error_result(i, source, reason):
-            results[i] = Prediction(source=source, label="error", score=float("nan"), error=reason)
-
-        for idx, X, names, inputs, files in feature_chunks(
-                self.extractor, images, on_error=on_error, progress=progress,
-                batch_size=batch_size, error_result=error_result, cache_dir=self.cache_dir):
-            self._fill(results, idx, X, names, self._stats(inputs, files=files))
-        return results
+    def _answers(self, X, names, inputs, files: bool) -> list[Prediction]:
+        return self._label(X, names, self._stats(inputs, files=files))
 
     def _stats(self, images, *, files: bool):
         if self.guard is None or not images:
@@ -260,26 +284,27 @@ class FaceClassifier:
 
         return np.stack([file_stats(im) if files else image_stats(im) for im in images])
 
-    def _fill(self, results, idx, X, names, stats=None) -> None:
-        if not idx:
-            return
+    def _label(self, X, names, stats=None) -> list[Prediction]:
+        """Face / no_face / unsure / out_of_domain for each row of ``X``."""
         decision = self.model.decision(X)
         proba = self.model.proba_from_decision(decision)
         if self.guard is not None and stats is not None:
             ood, reasons, _ = self.guard.flags(X, stats)
         else:
-            ood, reasons = np.zeros(len(idx), bool), [None] * len(idx)
+            ood, reasons = np.zeros(len(names), bool), [None] * len(names)
         lo, hi = self.band if self.band is not None else (self.threshold, self.threshold)
-        for i, name, d, p, o, why in zip(idx, names, decision, proba, ood, reasons):
+        out = []
+        for name, d, p, o, why in zip(names, decision, proba, ood, reasons):
             if o:
                 label = "out_of_domain"
             elif lo < p < hi:
                 label = "unsure"
             else:
                 label = "face" if p >= self.threshold else "no_face"
-            results[i] = Prediction(source=name, label=label, score=float(p), decision=float(d),
-                                    unsure=label in ("unsure", "out_of_domain"),
-                                    out_of_domain=bool(o), ood_reason=why)
+            out.append(Prediction(source=name, label=label, score=float(p), decision=float(d),
+                                  unsure=label in ("unsure", "out_of_domain"),
+                                  out_of_domain=bool(o), ood_reason=why))
+        return out
 
     def __repr__(self) -> str:
         m = self.model.meta

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .api import TrainedClassifier, load_with_extractor
+
 DEFAULT_CHARACTER_MODEL = "models/character-best"
 TOP = 3
 
@@ -46,18 +48,20 @@ class CharacterPrediction:
         return d
 
 
-class CharacterClassifier:
-    """A trained character classifier with its feature extractor; build one with :meth:`load`."""
+class CharacterClassifier(TrainedClassifier):
+    """A trained character classifier with its feature extractor; build one with :meth:`load`.
+    ``predict`` / ``predict_many`` (shared with :class:`~animefaces.api.FaceClassifier`) return
+    :class:`CharacterPrediction`s."""
 
-    def __init__(self, model, extractor, *, path: Path | None = None):
-        self.model = model
-        self.extractor = extractor
-        self.path = path
+    def __init__(self, model, extractor, *, path: Path | None = None,
+                 cache_dir: os.PathLike | str | None = None):
+        super().__init__(model, extractor, path=path, cache_dir=cache_dir)
         self.classes: list[str] = list(model.meta["classes"])
 
     @classmethod
     def load(cls, path: os.PathLike | str | None = None, *, device: str = "auto", weights=None,
-             batch_size: int | None = None, allow_pickle: bool = False) -> "CharacterClassifier":
+             batch_size: int | None = None, allow_pickle: bool = False,
+             cache_dir: os.PathLike | str | None = None) -> "CharacterClassifier":
         """Load a model saved by ``animefaces sweep --task character`` (default:
         ``models/character-best``). Nothing is unpickled unless ``allow_pickle`` (only for a
         model that exists only as a pickle: an early animefaces saved character models so).
@@ -66,53 +70,25 @@ class CharacterClassifier:
             AnimeFacesError: no model there, or a face / no-face model (use FaceClassifier).
             ModelMismatchError: the backbone's weights or preprocessing differ from training.
         """
-        from .api import load_with_extractor
-
         model, fx, model_file = load_with_extractor(path or DEFAULT_CHARACTER_MODEL,
                                                     task="character", device=device,
                                                     weights=weights, batch_size=batch_size,
                                                     allow_pickle=allow_pickle)
-        return cls(model, fx, path=model_file)
+        return cls(model, fx, path=model_file, cache_dir=cache_dir)
 
-    @property
-    def backbone(self) -> str:
-        return self.extractor.spec.name
+    def _error(self, source: str, reason: str) -> CharacterPrediction:
+        return CharacterPrediction(source=source, character=None, error=reason)
 
-    def predict(self, image) -> CharacterPrediction:
-        """Identify the character in one image (path, PIL image or numpy array).
-
-        Raises:
-            BadImageError: the image cannot be read (the message names it).
-        """
-        return self.predict_many([image], on_error="raise")[0]
-
-    def predict_many(self, images, *, on_error: str = "raise", progress: bool = False,
-                     batch_size: int | None = None) -> list[CharacterPrediction]:
-        """Identify the characters in many images, batched through the CNN.
-
-        Args:
-            on_error: ``raise`` (stop at the first unreadable image) or ``report`` (a
-                prediction with ``character=None`` and the reason in ``error``).
-        """
-        from .api import feature_chunks
-
-        images = list(images)
-        results: list[CharacterPrediction | None] = [None] * len(images)
-
-        def error_result(i, source, reason):
-            results[i] = CharacterPrediction(source=source, character=None, error=reason)
-
-        for idx, X, names, _inputs, _files in feature_chunks(
-                self.extractor, images, on_error=on_error, progress=progress,
-                batch_size=batch_size, error_result=error_result):
-            # The answer is the top of the ranking (scikit-learn's predict counts one-vs-one
-            # votes only, so on a tie it could name another class than the ranking's first).
-            for i, name, row in zip(idx, names, self._scores(X)):
-                order = np.argsort(-row, kind="stable")[:TOP]
-                results[i] = CharacterPrediction(
-                    source=name, character=self.classes[int(order[0])],
-                    ranking=[(self.classes[int(j)], float(row[j])) for j in order])
-        return results
+    def _answers(self, X, names, inputs, files: bool) -> list[CharacterPrediction]:
+        # The answer is the top of the ranking (scikit-learn's predict counts one-vs-one
+        # votes only, so on a tie it could name another class than the ranking's first).
+        out = []
+        for name, row in zip(names, self._scores(X)):
+            order = np.argsort(-row, kind="stable")[:TOP]
+            out.append(CharacterPrediction(
+                source=name, character=self.classes[int(order[0])],
+                ranking=[(self.classes[int(j)], float(row[j])) for j in order]))
+        return out
 
     def _scores(self, X) -> np.ndarray:
         """(n, n_classes) one-vs-rest decision values."""
