@@ -12,11 +12,12 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .classify.kernels import (GRID_KEYS, KERNELS, MAX_COMPONENTS, MAX_DEGREE, SOLVERS,
+                               is_exact)
 from .errors import ConfigError
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SCALINGS = ("l2", "standard", "none")
-KERNELS = ("linear", "rbf", "poly", "sigmoid")
 
 _SCHEMA = {
     "features": {"backbones", "cache_dir", "device", "precision", "pooling", "batch_size", "skip_bad"},
@@ -27,10 +28,9 @@ _SCHEMA = {
               "ood_weak_quantile"},
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")
-_GRID_KEYS = {"kernel", "C", "gamma", "degree", "coef0"}
-# Polynomial kernels above this degree overflow float64 ((1 + x.y)^d) and libsvm fails deep inside;
-# the paper's largest is 50.
-MAX_DEGREE = 100
+# Kernels, their grid keys and limits: animefaces/classify/kernels.py (one list for the grid, the
+# saved models and this validation).
+_GRID_KEYS = {"kernel"}.union(*GRID_KEYS.values())
 
 
 def _is_number(value) -> bool:
@@ -83,9 +83,9 @@ class SweepConfig:
         rows: dict[str, tuple[dict, list[dict]]] = {}
         for entry in self.grid:
             kernel = entry["kernel"]
-            degrees = entry.get("degree", [3]) if kernel == "poly" else [None]
+            degrees = entry.get("degree", [3]) if kernel in ("poly", "poly_sketch") else [None]
             for degree in degrees:
-                name = kernel if degree is None else f"poly-{degree}"
+                name = kernel if degree is None else f"{kernel}-{degree}"
                 fixed = {"kernel": kernel} | ({} if degree is None else {"degree": degree})
                 tunable = {k: v for k, v in entry.items() if k not in ("kernel", "degree")}
                 keys = sorted(tunable)
@@ -195,11 +195,16 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
         if "kernel" not in entry:
             raise ConfigError(f"config {source}: svm.grid[{i}] has no kernel; choose one of: {', '.join(KERNELS)}")
         choice(f"svm.grid[{i}].kernel", entry["kernel"], KERNELS)
+        where = f"config {source}: svm.grid[{i}]"
+        allowed = GRID_KEYS[entry["kernel"]]
+        extra = sorted(set(entry) - {"kernel", *allowed})
+        if extra:
+            raise ConfigError(f"{where}: kernel {entry['kernel']!r} takes no {', '.join(extra)}; "
+                              f"its keys: {', '.join(allowed)}")
         e = {"kernel": entry["kernel"]}
-        for k in ("C", "gamma", "degree", "coef0"):
+        for k in allowed:
             if k in entry:
                 e[k] = _as_list(entry[k], k)
-        where = f"config {source}: svm.grid[{i}]"
         for c in e.get("C", []):
             if not _is_number(c) or c <= 0:
                 raise ConfigError(f"{where}.C: must be a finite number > 0, got {c!r}")
@@ -214,6 +219,18 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
         for c0 in e.get("coef0", []):
             if not _is_number(c0):
                 raise ConfigError(f"{where}.coef0: must be a finite number, got {c0!r}")
+            if entry["kernel"] == "poly_sketch" and c0 < 0:
+                raise ConfigError(f"{where}.coef0: poly_sketch appends sqrt(coef0) to each row, so "
+                                  f"coef0 must be >= 0, got {c0!r}")
+        for key, lo, hi in (("n_components", 8, MAX_COMPONENTS), ("epochs", 1, 1000)):
+            for v in e.get(key, []):
+                if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                    raise ConfigError(f"{where}.{key}: must be an integer from {lo} to {hi}, "
+                                      f"got {v!r}")
+        for v in e.get("solver", []):
+            choice(f"svm.grid[{i}].solver", v, SOLVERS)
+        if not is_exact(e["kernel"]) and "C" not in e:
+            e["C"] = [1.0]  # explicit, so the table and the saved model name it
         grid.append(e)
     cfg.grid = grid
     return cfg

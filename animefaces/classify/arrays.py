@@ -10,7 +10,8 @@ float32 features in float32, this in float64; checked by a test).
 Two forms: :class:`ArraySVM` for binary ``Pipeline(scale, SVC)`` models (the face task, and the
 character task with two characters) and :class:`ArrayMulticlassSVM` for multi-class ones (the
 character task: libsvm's one-vs-one machines, with scikit-learn's one-vs-rest decision values).
-Both take the kernels the sweep uses (linear, rbf, poly, sigmoid). Every number is checked when it
+Both take the exact kernels of :mod:`.kernels` (linear, rbf, poly, sigmoid; the scalable ones
+are saved by :mod:`.linear`). Every number is checked when it
 is read (:func:`from_arrays`): a NaN gamma or a support vector of the wrong width is refused with
 the field's name instead of giving NaN answers.
 """
@@ -22,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernels import EXACT_KERNELS, MAX_DEGREE, kernel_matrix
+
 SAFE_FORMAT = "animefaces-svm-arrays/1"
 MULTI_FORMAT = "animefaces-svc-ovo-arrays/1"
-KERNELS = ("linear", "rbf", "poly", "sigmoid")
 SCALINGS = ("l2", "standard", "none")
-MAX_DEGREE = 100
 
 
 def _transform(X, scaling: str, mean, scale) -> np.ndarray:
@@ -42,15 +43,7 @@ def _transform(X, scaling: str, mean, scale) -> np.ndarray:
 def _kernel(Z: np.ndarray, S: np.ndarray, kernel: str, gamma: float, degree: int,
             coef0: float) -> np.ndarray:
     """(n, n_sv) kernel values between scaled rows ``Z`` and support vectors ``S``."""
-    dot = Z @ S.T
-    if kernel == "linear":
-        return dot
-    if kernel == "rbf":
-        d2 = (Z * Z).sum(1)[:, None] + (S * S).sum(1)[None, :] - 2.0 * dot
-        return np.exp(-gamma * np.maximum(d2, 0.0))
-    if kernel == "poly":
-        return (gamma * dot + coef0) ** degree
-    return np.tanh(gamma * dot + coef0)  # sigmoid
+    return kernel_matrix(kernel, Z, S, gamma=gamma, degree=degree, coef0=coef0)
 
 
 @dataclass
@@ -169,7 +162,7 @@ def to_arrays(pipeline) -> tuple[dict, dict] | None:
         return None
     svc = steps[-1][1]
     classes = list(getattr(svc, "classes_", []))
-    if svc.kernel not in KERNELS or len(classes) < 2 or classes != list(range(len(classes))):
+    if svc.kernel not in EXACT_KERNELS or len(classes) < 2 or classes != list(range(len(classes))):
         return None
     if len(classes) > 2 and (getattr(svc, "break_ties", False)
                              or svc.decision_function_shape not in ("ovr", "ovo")):
@@ -257,8 +250,8 @@ def from_arrays(info: dict, arrays) -> ArraySVM | ArrayMulticlassSVM:
         raise ValueError(f"format = {fmt!r}; expected {SAFE_FORMAT} or {MULTI_FORMAT}")
     if info.get("scaling") not in SCALINGS:
         raise ValueError(f"scaling = {info.get('scaling')!r}; choose one of: {', '.join(SCALINGS)}")
-    if info.get("kernel") not in KERNELS:
-        raise ValueError(f"kernel = {info.get('kernel')!r}; choose one of: {', '.join(KERNELS)}")
+    if info.get("kernel") not in EXACT_KERNELS:
+        raise ValueError(f"kernel = {info.get('kernel')!r}; choose one of: {', '.join(EXACT_KERNELS)}")
     common = dict(scaling=info["scaling"], kernel=info["kernel"],
                   gamma=_number(info, "gamma", low=0.0),
                   degree=_number(info, "degree", low=1, high=MAX_DEGREE, integer=True),
@@ -293,7 +286,10 @@ def from_arrays(info: dict, arrays) -> ArraySVM | ArrayMulticlassSVM:
 def n_features(model) -> int | None:
     """The feature width an array model expects (None for other models)."""
     sv = getattr(model, "support_vectors", None)
-    return None if sv is None else int(sv.shape[1])
+    if sv is None:  # a linear.ArrayLinear names its width; other models: unknown
+        d = getattr(model, "n_features_in", None)
+        return None if d is None or not hasattr(model, "feature_map") else int(d)
+    return int(sv.shape[1])
 
 
 def n_outputs(model) -> int | None:
@@ -302,7 +298,7 @@ def n_outputs(model) -> int | None:
         return 2
     if isinstance(model, ArrayMulticlassSVM):
         return model.n_classes
-    return None
+    return 2 if hasattr(model, "feature_map") else None  # linear.ArrayLinear: binary
 
 
 def split_extras(extras: dict) -> tuple[dict, dict]:

@@ -95,6 +95,10 @@ def save_model(model: TrainedModel, path: os.PathLike) -> Path:
                platt=[float(v) for v in model.platt], extras=extras_json)
     files = {}
     packed = to_arrays(model.pipeline)
+    if packed is None:  # a scalable (linear / approximate-kernel) SVM: arrays too
+        from .linear import to_arrays as linear_arrays
+
+        packed = linear_arrays(model.pipeline)
     if packed is not None:
         info, arrays = packed
         data = npz_bytes(dict(arrays, **extra_arrays))
@@ -213,8 +217,11 @@ def _read_npz(found, part: dict) -> dict:
 
 def _from_arrays(found, info: dict, arrays: dict):
     from .arrays import from_arrays
+    from .linear import LINEAR_FORMAT, from_arrays as linear_from_arrays
 
     try:
+        if info.get("format") == LINEAR_FORMAT:
+            return linear_from_arrays(info, arrays)
         return from_arrays(info, arrays)
     except ValueError as exc:
         raise AnimeFacesError(f"model {found.json_path}: {exc}; the file is damaged or was edited: "

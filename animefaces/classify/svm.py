@@ -14,10 +14,15 @@ from pathlib import Path
 
 import numpy as np
 
+from .kernels import from_gram, gamma_value, is_exact
 
 
 def make_pipeline(params: dict, *, scaling: str = "l2", cache_size: float = 2000, seed: int = 0):
-    """An unfitted ``Pipeline(scale, SVC)`` for one parameter set (e.g. ``{"kernel": "rbf", "C": 1}``)."""
+    """An unfitted ``Pipeline(scale, SVC)`` for one parameter set (e.g. ``{"kernel": "rbf", "C": 1}``);
+    exact kernels only (the scalable ones are fitted in chunks: :func:`refit`)."""
+    if not is_exact(params.get("kernel", "rbf")):
+        raise ValueError(f"kernel {params['kernel']!r} is fitted in chunks, not as one pipeline: "
+                         f"use refit(params, X, y) or animefaces.classify.scalable.fit")
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import Normalizer, StandardScaler
     from sklearn.svm import SVC
@@ -55,27 +60,7 @@ def _scaled(X: dict, scaling: str) -> dict:
 
 def _gamma(gamma, Xtrain: np.ndarray) -> float:
     # The same rule as sklearn's SVC, so the precomputed kernels equal the real ones.
-    if gamma == "scale":
-        var = Xtrain.var()
-        return 1.0 / (Xtrain.shape[1] * var) if var > 0 else 1.0
-    if gamma == "auto":
-        return 1.0 / Xtrain.shape[1]
-    return float(gamma)
-
-
-def _kernel(params: dict, G: np.ndarray, sq_rows: np.ndarray, sq_train: np.ndarray, gamma: float):
-    """Kernel matrix from the linear Gram matrix G = X_split @ X_train.T."""
-    k = params["kernel"]
-    if k == "linear":
-        return G
-    if k == "rbf":
-        d2 = np.maximum(sq_rows[:, None] + sq_train[None, :] - 2.0 * G, 0.0)
-        return np.exp(-gamma * d2)
-    if k == "poly":
-        return (gamma * G + params.get("coef0", 0.0)) ** params.get("degree", 3)
-    if k == "sigmoid":
-        return np.tanh(gamma * G + params.get("coef0", 0.0))
-    raise ValueError(f"unknown kernel {k!r}")
+    return gamma_value(gamma, n_features=Xtrain.shape[1], variance=float(Xtrain.var()))
 
 
 def _fit_precomputed(row, params, Xs, y, grams, sq, cache_size, seed):
@@ -85,7 +70,8 @@ def _fit_precomputed(row, params, Xs, y, grams, sq, cache_size, seed):
 
     gamma = _gamma(params.get("gamma", "scale"), Xs["train"])
     t0 = time.perf_counter()
-    K = {s: _kernel(params, grams[s], sq[s], sq["train"], gamma) for s in Xs}
+    K = {s: from_gram(params["kernel"], grams[s], sq[s], sq["train"], gamma=gamma,
+                      degree=params.get("degree", 3), coef0=params.get("coef0", 0.0)) for s in Xs}
     svc_params = {k: v for k, v in params.items() if k not in ("kernel", "gamma", "degree", "coef0")}
     svc = SVC(kernel="precomputed", cache_size=cache_size, random_state=seed, **svc_params)
     with warnings.catch_warnings():
@@ -112,6 +98,11 @@ def fit_grid(X: dict[str, np.ndarray], y: dict[str, np.ndarray], rows, *, scalin
     ``SVC(kernel=...)`` (libsvm sees the same numbers) at a fraction of the cost. Fits run in
     threads (libsvm releases the GIL). Use :func:`refit` to get a stand-alone pipeline.
 
+    Scalable rows (``linear_svc``, ``sgd``, ``nystroem``, ``poly_sketch``; see
+    :mod:`.scalable`) never form a kernel matrix: they are fitted one after another on features
+    read in chunks, and when the grid has only such rows no Gram matrix is computed. Exact rows
+    whose kernel matrices would not fit in memory are refused (ConfigError) before any fit.
+
     Args:
         X: {split: (n, d) float32}; must contain ``train`` and ``val``.
         y: {split: (n,) int} with 1 = face.
@@ -120,26 +111,71 @@ def fit_grid(X: dict[str, np.ndarray], y: dict[str, np.ndarray], rows, *, scalin
     """
     from joblib import Parallel, delayed
 
+    jobs = [(row, p) for row, _fixed, combos in rows for p in combos]
+    exact = [i for i, (_, p) in enumerate(jobs) if is_exact(p["kernel"])]
+    if exact:
+        _check_exact_size(X, n_jobs)  # before any fit: a refusal costs nothing
+    back = [None] * len(jobs)
+    for i in range(len(jobs)):
+        if i not in exact:
+            back[i] = _fit_scalable(jobs[i][0], jobs[i][1], X, y, scaling, seed)
+    if not exact:
+        return back  # no Gram matrix: the scalable kernels never form one
     Xs = _scaled(X, scaling)
     grams = {s: Xs[s] @ Xs["train"].T for s in Xs}
     sq = {s: np.einsum("ij,ij->i", Xs[s], Xs[s]) for s in Xs}
-    jobs = [(row, p) for row, _fixed, combos in rows for p in combos]
     n = (os.cpu_count() or 1) if n_jobs == 0 else n_jobs
     # Slow fits (high-degree polynomials) first, so the pool does not end on a straggler.
-    order = sorted(range(len(jobs)), key=lambda i: -jobs[i][1].get("degree", 1))
-    out = Parallel(n_jobs=min(n, len(jobs)), prefer="threads")(
+    order = sorted(exact, key=lambda i: -jobs[i][1].get("degree", 1))
+    out = Parallel(n_jobs=min(n, len(order)), prefer="threads")(
         delayed(_fit_precomputed)(jobs[i][0], jobs[i][1], Xs, y, grams, sq, cache_size, seed)
         for i in order)
-    back = [None] * len(jobs)
     for i, res in zip(order, out):
         back[i] = res
     return back
 
 
+def _fit_scalable(row, params, X, y, scaling, seed) -> FitResult:
+    from .scalable import fit_and_score
+
+    r = fit_and_score(params, X, y, scaling=scaling, seed=seed)
+    return FitResult(row=row, params=params, accuracy=r["accuracy"], fit_seconds=r["fit_seconds"],
+                     predict_seconds=r["predict_seconds"], positive_rate=r["positive_rate"],
+                     decision=r["decision"])
+
+
+def _check_exact_size(X: dict, n_jobs: int) -> None:
+    """Refuse exact-kernel rows whose kernel matrices would not fit in memory (a clear error
+    instead of the machine swapping or the process being killed)."""
+    n_train = len(X["train"])
+    n_all = sum(len(v) for v in X.values())
+    threads = min(2, (os.cpu_count() or 1) if n_jobs == 0 else max(n_jobs, 1))
+    need = 8.0 * n_all * n_train * (1 + threads)  # the Gram matrices + one kernel per fit in flight
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > 0.6 * have:
+        from ..errors import ConfigError
+
+        raise ConfigError(
+            f"exact-kernel SVMs on {n_train:,} training images need their {n_all:,} x "
+            f"{n_train:,} kernel matrices ({need / 2**30:.0f} GiB; this machine has "
+            f"{have / 2**30:.0f} GiB): use the scalable kernels in the [[svm.grid]] (linear_svc, "
+            f"sgd, nystroem, poly_sketch: README 'SVMs at scale'), or fewer training images")
+
+
 def refit(params: dict, X_train: np.ndarray, y_train: np.ndarray, *, scaling="l2",
           cache_size=2000, seed=0):
-    """A stand-alone fitted ``Pipeline(scale, SVC)`` for one parameter set (for saving)."""
+    """A stand-alone fitted ``Pipeline(scale, SVC)`` for one parameter set (for saving); for a
+    scalable kernel the ``Pipeline(scale, map, linear SVM)`` of :func:`.scalable.fit` (the same
+    model as the grid's, seeded)."""
     import warnings
+
+    if not is_exact(params.get("kernel", "rbf")):
+        from .scalable import fit
+
+        return fit(params, X_train, y_train, scaling=scaling, seed=seed)
 
     pipe = make_pipeline(params, scaling=scaling, cache_size=cache_size, seed=seed)
     with warnings.catch_warnings():
