@@ -312,6 +312,25 @@ class FaceClassifier(TrainedClassifier):
                 f"path={str(self.path)!r})")
 
 
+def classifier_confirm(model_path: os.PathLike | str, *, device: str = "auto",
+                       allow_pickle: bool = False):
+    """A ``confirm`` callable for :func:`animefaces.data.crops.extract_crops` backed by a
+    trained model: crops (PIL images) -> P(face) scores.
+
+    The model is loaded now, so a wrong path fails before any video is decoded.
+
+    Raises:
+        AnimeFacesError: from loading the model (missing, mismatched...).
+    """
+    clf = FaceClassifier.load(model_path, device=device, allow_pickle=allow_pickle)
+
+    def confirm(crops) -> list[float]:
+        return [float(p.score) for p in clf.predict_many(crops)]
+
+    confirm.model = clf  # for reports
+    return confirm
+
+
 def resolve_band(abstain, model=None, *, threshold: float = 0.5) -> tuple[float, float] | None:
     """The abstain band ``(lo, hi)`` to use, or None for no abstention.
 

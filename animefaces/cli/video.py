@@ -105,7 +105,8 @@ def cmd_frames(args) -> int:
 
 
 def cmd_crops(args) -> int:
-    from ..data.crops import classifier_confirm, extract_crops, load_cascade
+    from ..api import classifier_confirm
+    from ..data.crops import extract_crops, load_cascade
 
     cascade = load_cascade(args.cascade)  # fail on a missing cascade before loading a model
     confirm = (classifier_confirm(args.model, device=args.device, allow_pickle=args.allow_pickle)

@@ -100,33 +100,6 @@ def detect_faces(image: Image.Image | np.ndarray, cascade, *,
     return sorted((int(x), int(y), int(w), int(h)) for x, y, w, h in np.reshape(boxes, (-1, 4)))
 
 
-def classifier_confirm(model_path: os.PathLike | str, *, device: str = "auto",
-                       allow_pickle: bool = False) -> ConfirmFn:
-    """A ``confirm`` callable backed by a trained model:
-    ``animefaces.api.FaceClassifier.load(model_path).predict_many(crops)`` -> P(face) scores.
-
-    The model is loaded now, so a wrong path fails before any video is decoded.
-
-    Raises:
-        ConfigError: this install has no ``FaceClassifier`` API.
-        AnimeFacesError: from loading the model (missing, mismatched...).
-    """
-    try:
-        from ..api import FaceClassifier
-    except ImportError as exc:
-        raise ConfigError(f"--model needs animefaces.api.FaceClassifier, which this install "
-                          f"lacks ({exc}); leave --model out to keep every cascade detection")
-    # allow_pickle only when asked for: a model stored only as a pickle can run code
-    clf = FaceClassifier.load(model_path, device=device,
-                              **({"allow_pickle": True} if allow_pickle else {}))
-
-    def confirm(crops: list[Image.Image]) -> list[float]:
-        return [float(p.score) for p in clf.predict_many(crops)]
-
-    confirm.model = clf  # for reports
-    return confirm
-
-
 # -- inputs ---------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -396,7 +369,7 @@ def extract_crops(inputs: Iterable[os.PathLike | str], out_dir: os.PathLike | st
         cascade: path of ``lbpcascade_animeface.xml``, or a loaded ``cv2.CascadeClassifier``.
         confirm: optional ``confirm(list of PIL crops) -> list of P(face)``; crops scoring below
             ``threshold`` are not written and are counted as rejected. See
-            :func:`classifier_confirm` for one backed by a trained model.
+            :func:`animefaces.api.classifier_confirm` for one backed by a trained model.
         threshold: P(face) a crop needs to be kept (only with ``confirm``).
         fps, keyframes, seek: frame sampling for video inputs (see
             :func:`animefaces.data.video.sample_frames`); the default is GochiUsa_Faces' key frames
