@@ -34,7 +34,6 @@ extraction writes them, then read back with get()):
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from animefaces.cli.bench import main  # noqa: E402
 
