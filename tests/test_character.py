@@ -60,14 +60,14 @@ def test_character_dataset_relabels_face_rows_by_group(tmp_path):
 def test_character_sweep_writes_confusion_and_per_class(tmp_path):
     data = make_characters(tmp_path / "c")
     res = run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"], progress=False)
-    run = tmp_path / "reports" / res["run_id"]
+    run = tmp_path / "reports" / res.results["run_id"]
     assert (run / "confusion_test.png").stat().st_size > 1000
     rows = list(csv.reader(open(run / "confusion_test.csv")))
-    assert rows[0][1:] == res["classes"] and len(rows) == 4
+    assert rows[0][1:] == res.results["classes"] and len(rows) == 4
     per_class = list(csv.DictReader(open(run / "per_class.csv")))
-    assert {r["class"] for r in per_class} == set(res["classes"])
+    assert {r["class"] for r in per_class} == set(res.results["classes"])
     # hair colour is exactly what a hue histogram sees
-    assert res["best"]["accuracy"]["test"] >= 0.9
+    assert res.results["best"]["accuracy"]["test"] >= 0.9
     assert json.loads((run / "results.json").read_text())["task"] == "character"
 
 
@@ -81,10 +81,10 @@ def test_character_model_is_saved_and_identifies_characters(tmp_path, capsys):
     res = run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"],
                               models_dir=models, set_best=True, progress=False)
     best = models / "character-best"
-    assert (models / "character-best.json").is_file() and res["best"]["also_saved_as"].endswith(
+    assert (models / "character-best.json").is_file() and res.results["best"]["also_saved_as"].endswith(
         "character-best.json")
     clf = animefaces.CharacterClassifier.load(best)
-    assert clf.classes == res["classes"]
+    assert clf.classes == res.results["classes"]
     imgs = tmp_path / "c" / "images"
     # new pictures, not the training files: the hair colour decides
     for name, c in (("red", (215, 35, 25)), ("blue", (25, 45, 225))):

@@ -418,7 +418,7 @@ def test_character_models_are_pickle_free(tmp_path, monkeypatch):
 
     monkeypatch.setattr(joblib, "load", no_pickles)
     clf = animefaces.CharacterClassifier.load(models / "character-best")
-    assert clf.classes == res["classes"]
+    assert clf.classes == res.results["classes"]
     p = clf.predict(tmp_path / "c" / "images" / "green-test-0.png")
     assert p.character == "hair:green" and len(p.ranking) == 3
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from ..errors import AnimeFacesError
 from ..features.backbones import DEFAULT_BACKBONE
@@ -66,8 +65,8 @@ def cmd_sweep(args) -> int:
                                   out_dir=args.out, cache_dir=args.cache_dir,
                                   models_dir=args.models_dir, set_best=args.set_best,
                                   progress=not args.quiet)
-        print((Path(res["run_dir"]) / "report.md").read_text())
-        print(f"Reports: {res['run_dir']}")
+        print((res.run_dir / "report.md").read_text())
+        print(f"Reports: {res.run_dir}")
         return 0
     res = run_sweep(args.data, config=args.config, backbones=backbones,
                     weights=weights_arg(args.weights), device=args.device, out_dir=args.out,

@@ -21,6 +21,7 @@ import numpy as np
 from ..config import SweepConfig, load_config
 from ..data.datasets import Dataset, Record, load_dataset
 from ..errors import AnimeFacesError, DatasetError, WeightsMismatchError, WeightsNotFoundError
+from .common import SweepResult
 
 
 def character_dataset(data, *, groups: list[str] | None = None, min_per_class: int = 5,
@@ -97,14 +98,14 @@ def _confusion_png(cm: np.ndarray, classes: list[str], title: str) -> bytes:
 def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups=None,
                         min_per_class: int = 5, backbones=None, weights=None, device=None,
                         out_dir=None, cache_dir=None, models_dir=None, set_best: bool | None = None,
-                        progress: bool = True) -> dict:
+                        progress: bool = True) -> SweepResult:
     """Fit the SVM grid to identify characters; write tables, per-class metrics and confusion
     matrices into a run folder, and save the best model (chosen on val) as
     ``models_dir/<run>-<backbone>-<kernel>`` (pickle-free, like face models), and point
     ``models_dir/character-best`` at it when the run uses the default config or ``set_best`` is
     True (see :func:`animefaces.train.sweep.replaces_best`). Load it with
-    :class:`animefaces.CharacterClassifier`. Returns the results dict (also saved as
-    results.json)."""
+    :class:`animefaces.CharacterClassifier`. Returns a :class:`SweepResult` (run folder, model,
+    and the results document, also saved as results.json)."""
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     from .._io import atomic_write_bytes, atomic_write_json, utc_now, versions
@@ -221,4 +222,4 @@ def run_character_sweep(data, *, config: SweepConfig | str | None = None, groups
                "versions": versions(), "seconds": round(time.perf_counter() - t0, 3),
                "run_dir": str(run_dir)}
     atomic_write_json(run_dir / "results.json", results)
-    return results
+    return SweepResult(run_dir=run_dir, best_model=model_path, results=results)

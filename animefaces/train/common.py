@@ -4,10 +4,26 @@ the run folder.
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._io import utc_stamp
 from ..config import SweepConfig
+
+
+@dataclass
+class SweepResult:
+    """What a training run (face or character task) returns.
+
+    Attributes:
+        run_dir: the run folder (reports, results.json).
+        best_model: the chosen model's pointer file (``models/<run>-<backbone>-<kernel>.json``).
+        results: the run's results.json document.
+    """
+
+    run_dir: Path
+    best_model: Path | None
+    results: dict = field(repr=False, default_factory=dict)
 
 
 def backbones_to_run(cfg: SweepConfig, override) -> list[str]:

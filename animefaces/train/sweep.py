@@ -11,7 +11,6 @@ import shutil
 import socket
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +19,9 @@ from ..config import SweepConfig, load_config
 from ..data.datasets import Dataset, load_dataset, without_bad
 from ..errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
 from ..features.dataset import ExtractedFeatures, extract_dataset, make_extractor
-from .common import backbones_to_run, with_features
+from .common import SweepResult, backbones_to_run, with_features
 
 POSITIVE = "face"
-
-
-@dataclass
-class SweepResult:
-    run_dir: Path
-    best_model: Path | None
-    results: dict = field(repr=False, default_factory=dict)
 
 
 def _log(msg: str, progress: bool) -> None:
