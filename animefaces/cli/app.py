@@ -13,10 +13,10 @@ import sys
 
 from .. import __version__
 from ..errors import AnimeFacesError
-from . import backbones, bench, predict, report, scan, train, video
+from . import backbones, bench, label, predict, report, scan, train, video
 
 # The commands, in --help order: one module per command group, each with register(subparsers).
-_COMMAND_GROUPS = (backbones, train, predict, video, scan, report, bench)
+_COMMAND_GROUPS = (backbones, train, predict, video, scan, label, report, bench)
 
 
 def build_parser() -> argparse.ArgumentParser:
