@@ -121,3 +121,20 @@ def test_two_character_model_ranks_both(tmp_path):
     p = clf.predict(tmp_path / "c" / "images" / "blue-test-1.png")
     assert p.character == "hair:blue"
     assert [c for c, _ in p.ranking] == ["hair:blue", "hair:red"]
+
+
+def test_a_failed_character_sweep_leaves_no_run_folder(tmp_path, monkeypatch):
+    """The run folder is written as <name>.incomplete and renamed only when complete: a run that
+    fails at the end (here: the model save) leaves none behind."""
+    import animefaces.classify.persist as persist
+
+    data = make_characters(tmp_path / "c")
+
+    def refuse(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(persist, "save_model", refuse)
+    with pytest.raises(OSError):
+        run_character_sweep(data, config=tiny_config(tmp_path), backbones=["huehist"], progress=False)
+    reports = tmp_path / "reports"
+    assert not reports.exists() or list(reports.iterdir()) == []

@@ -5,10 +5,8 @@ This module only orchestrates; extraction, fitting and writing tables live in th
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import socket
 import sys
 import time
 from pathlib import Path
@@ -19,7 +17,8 @@ from ..config import SweepConfig, load_config
 from ..data.datasets import Dataset, load_dataset, without_bad
 from ..errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
 from ..features.dataset import ExtractedFeatures, extract_dataset, make_extractor
-from .common import SweepResult, backbones_to_run, with_features
+from .common import (SweepResult, backbones_to_run, clean_incomplete, finish_run_dir,
+                     staged_run_dir, with_features)
 
 POSITIVE = "face"
 
@@ -64,66 +63,6 @@ def replaces_best(cfg: SweepConfig, set_best: bool | None, *, backbones=None,
     if changed:
         return False, f"the default config with {' and '.join(changed)} given"
     return True, "the default config"
-
-
-INCOMPLETE = ".incomplete"
-_OWNER = "owner.json"
-
-
-def _staged_run_dir(root: Path, name: str) -> tuple[Path, Path]:
-    """(staging folder, final folder) for a run: the reports are written into
-    ``<name>.incomplete`` (made here, with the owner's pid) and renamed to ``<name>`` when all
-    are there, so a failed or killed sweep leaves no half-written or empty run folder."""
-    n = 1
-    final = root / name
-    while True:
-        staging = final.with_name(final.name + INCOMPLETE)
-        if not final.exists():
-            try:
-                staging.mkdir(parents=True)
-                break
-            except FileExistsError:
-                pass
-        n += 1
-        final = root / f"{name}-{n}"
-    (staging / _OWNER).write_text(json.dumps({"pid": os.getpid(), "host": socket.gethostname()}))
-    return staging, final
-
-
-def _finish_run_dir(staging: Path, final: Path) -> Path:
-    (staging / _OWNER).unlink(missing_ok=True)
-    os.replace(staging, final)
-    return final
-
-
-def _clean_incomplete(root: Path, progress: bool) -> None:
-    """Remove ``*.incomplete`` run folders left by sweeps that were killed (their process is
-    gone); a folder of a sweep still running, or of another machine, is left alone."""
-    if not root.is_dir():
-        return
-    for d in sorted(root.glob(f"*{INCOMPLETE}")):
-        try:
-            owner = json.loads((d / _OWNER).read_text())
-            pid, host = int(owner["pid"]), owner["host"]
-        except (OSError, ValueError, KeyError, TypeError):
-            # no readable owner: written before the owner file, or damaged; old ones only
-            if time.time() - d.stat().st_mtime < 24 * 3600:
-                continue
-        else:
-            if host != socket.gethostname() or pid == os.getpid() or _alive(pid):
-                continue
-        shutil.rmtree(d, ignore_errors=True)
-        _log(f"[sweep] removed {d}: the reports of a sweep that did not finish", progress)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
@@ -184,7 +123,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     rows = cfg.kernel_rows()
     reports_root = Path(out_dir or cfg.reports_dir)
     run_name = f"{utc_stamp()}-{Path(cfg.source).stem or 'sweep'}"
-    _clean_incomplete(reports_root, progress)
+    clean_incomplete(reports_root, log=lambda m: _log(m, progress))
     _log(f"[sweep] data {ds.source}: " + ", ".join(f"{s} {sum(c.values())}" for s, c in ds.counts().items())
          + f"; reports go under {reports_root}", progress)
 
@@ -287,7 +226,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     measured = without_bad(ds, feats.records, feats.bad)  # checked when extracted
     # The run folder is made only now, as <name>.incomplete, and renamed when every report is
     # in it: a sweep that fails leaves none (a killed one leaves one the next sweep removes).
-    run_dir, final_dir = _staged_run_dir(reports_root, run_name)
+    run_dir, final_dir = staged_run_dir(reports_root, run_name)
     staging = run_dir
     try:
         run_id = final_dir.name
@@ -361,7 +300,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         results_doc["timings"]["report_seconds"] = round(time.perf_counter() - t0, 3)
         results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
         write_reports(results_doc, run_dir)  # results.json (with the report time), md, csv
-        run_dir = _finish_run_dir(run_dir, final_dir)
+        run_dir = finish_run_dir(run_dir, final_dir)
         _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
              + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
              + f"; model {model_path}", progress)
