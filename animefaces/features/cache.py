@@ -365,6 +365,21 @@ class FeatureCache:
             self._add_shard(_Shard(path, len(keys), d, offset), keys)
         self._pending_keys, self._pending_feats = [], []
 
+    def write_shard(self, keys, features) -> None:
+        """Write ``features`` for ``keys`` as one new shard now (atomically), without reading
+        the shards already in the folder: for many writers adding at once (Ray actors, on
+        shared storage too), each writing shards of its own (unique names, one rename each).
+        Readers see them when they next open the cache."""
+        self.add(keys, features)
+        writer_only = self._index is None
+        if writer_only:
+            self._index, self._shards = {}, []  # nothing read: this object only adds
+        try:
+            self.flush()
+        finally:
+            if writer_only:
+                self._index, self._shards = None, []
+
     def compact(self, *, min_shards: int = 8) -> None:
         """Merge many small shards into one (faster loading), copying one shard at a time.
 

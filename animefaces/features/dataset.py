@@ -49,7 +49,7 @@ def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
                     precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
                     skip_bad: bool = False, progress: bool = True, extractor=None,
                     labels=("face", "no_face"), checkpoint_every: int = 256,
-                    allow_outside: bool = False) -> ExtractedFeatures:
+                    allow_outside: bool = False, ray=None) -> ExtractedFeatures:
     """Extract (or load from the cache) features for every image of a dataset.
 
     Args:
@@ -61,6 +61,8 @@ def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
             interrupted run loses at most that many).
         allow_outside: accept manifest paths outside the manifest's folder (see
             :func:`~animefaces.data.datasets.load_dataset`).
+        ray: a :class:`~animefaces.features.distributed.RayOptions` to extract on Ray (a local
+            one, or the cluster at its ``address``; same cache entries), or None (this process).
     """
     from .cache import FeatureCache
 
@@ -71,8 +73,16 @@ def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
     cache = FeatureCache(cache_dir, fx.fingerprint, meta=fx.describe(), name=fx.spec.name)
     t0 = time.perf_counter()
     before = len(cache)
-    X, keys, bad = fx.extract_files([r.path for r in ds.records], cache=cache, skip_bad=skip_bad,
-                                    progress=progress, flush_every=checkpoint_every)
+    paths = [r.path for r in ds.records]
+    if ray is not None:
+        from .distributed import extract_files_ray, ray_session
+
+        with ray_session(ray.address):
+            X, keys, bad = extract_files_ray(fx, paths, cache=cache, options=ray,
+                                             skip_bad=skip_bad, progress=progress)
+    else:
+        X, keys, bad = fx.extract_files(paths, cache=cache, skip_bad=skip_bad,
+                                        progress=progress, flush_every=checkpoint_every)
     computed = len(cache) - before
     if computed >= 512:
         cache.compact()

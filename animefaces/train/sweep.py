@@ -72,7 +72,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
               skip_bad: bool | None = None, precision: str | None = None,
               pooling: str | None = None, batch_size: int | None = None,
               allow_outside: bool = False, set_best: bool | None = None,
-              progress: bool = True) -> SweepResult:
+              progress: bool = True, ray=None) -> SweepResult:
     """Run the whole method on a dataset and write Table 1 / Table 2.
 
     Args:
@@ -88,6 +88,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             fails leaves no run folder; one that was killed leaves one the next sweep removes).
         models_dir: where the best model is saved (default: the config's ``models_dir``).
         allow_outside: accept manifest paths outside the manifest's folder (refused by default).
+        ray: a :class:`~animefaces.features.distributed.RayOptions`: extract on Ray (same
+            features, same cache); None: in this process.
         set_best: also make the model the folder's ``best`` (what ``predict`` loads by default).
             None (default): only when the run uses the default config (see
             :func:`replaces_best`); every run saves its own ``<run>-<backbone>-<kernel>``.
@@ -151,7 +153,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             _log(f"[sweep] skip {name}: {_first_clause(exc)}", progress)
             continue
         feats = extract_dataset(ds, extractor=fx, cache_dir=cache_dir, skip_bad=skip_bad,
-                                progress=progress)
+                                progress=progress, ray=ray)
         extract_seconds += feats.seconds
         for p, reason in feats.bad:
             bad_files[str(p)] = reason
