@@ -45,6 +45,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_warning(host: str) -> str | None:
+    """The warning printed when the page listens on more than this machine, else None."""
+    if is_loopback(host):
+        return None
+    return (f"warning: listening on {host}: anyone who can reach this machine can see the frames "
+            f"and change the labels (there is no login); use the default 127.0.0.1 unless this "
+            f"network is yours")
+
+
 class SweepRunner:
     """``animefaces sweep`` on the labelled frames, in a child process, one at a time."""
 
@@ -241,10 +250,9 @@ def serve(session: LabelSession, *, host: str = "127.0.0.1", port: int = 0,
         sock.close()
         raise
     try:
-        if not is_loopback(host):
-            print(f"warning: listening on {host}: anyone who can reach this machine can read the "
-                  f"frames and change the labels (there is no login); use the default "
-                  f"127.0.0.1 unless this network is yours", file=sys.stderr)
+        warning = host_warning(host)
+        if warning:
+            print(warning, file=sys.stderr)
         print(f"animefaces label: {url}  ({session.store.path}, {len(session.store.rows)} frames;"
               f" Ctrl-C to stop)", file=out, flush=True)
         session.start()

@@ -194,6 +194,9 @@ class LabelStore:
         for c in ("label",) + tuple(c for c in BASE_COLUMNS + EXTRA_COLUMNS if c != "path"):
             if c not in columns:
                 columns.append(c)
+        for r in rows:
+            for c in columns:
+                r.setdefault(c, "")
         self.columns = columns
         self.rows = rows
         self.version = stamp_of(data)
