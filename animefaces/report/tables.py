@@ -129,7 +129,8 @@ def runtime_line(rt: dict) -> str:
     if str(where).startswith("cpu") and cpu:
         kind = "AVX512-BF16" if cpu.get("bf16_units") else ("AVX-512" if cpu.get("avx512f") else
                                                             "AVX2" if cpu.get("avx2") else "no AVX2")
-        where = f"{where} ({cpu.get('model') or 'unknown CPU'}, {kind})"
+        kernels = f", torch kernels {cpu['torch_kernels']}" if cpu.get("torch_kernels") else ""
+        where = f"{where} ({cpu.get('model') or 'unknown CPU'}, {kind}{kernels})"
     return (f"precision {rt.get('precision')}, device {where}, batch {rt.get('batch_size')}, "
             f"pooling {rt.get('pooling')}")
 

@@ -336,6 +336,9 @@ def _runtime(meta: dict) -> dict:
             pass
         cpu = {"model": model, "avx2": "avx2" in flags, "avx512f": "avx512f" in flags,
                "bf16_units": cpu_has_bf16()}
+        torch = sys.modules.get("torch")  # imported when features were computed in this run
+        if torch is not None:
+            cpu["torch_kernels"] = torch.backends.cpu.get_cpu_capability()
     return {"precision": meta.get("precision"), "device": meta.get("device"),
             "batch_size": meta.get("batch_size"), "pooling": meta.get("pooling"),
             "channels_last": meta.get("channels_last"), "cpu": cpu}
