@@ -128,3 +128,58 @@ def test_missing_ray_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(AnimeFacesError, match=r"animefaces\[ray\]"):
         require_ray()
+
+
+@pytest.fixture(scope="module")
+def tiny_model_and_video(tmp_path_factory):
+    pytest.importorskip("av")
+    from _videos import write_video, x264
+    from conftest import face_image, noface_image, tiny_config
+
+    from animefaces.api import FaceClassifier
+    from animefaces.train.sweep import run_sweep
+
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ANIMEFACES_OFFLINE", "1")
+    root = tmp_path_factory.mktemp("model")
+    res = run_sweep(make_dataset(root / "data"), config=tiny_config(root), weights="random",
+                    progress=False)
+    r = np.random.default_rng(3)
+    pics = [np.asarray(face_image(r) if 3 <= s < 7 else noface_image(r)) for s in range(12)]
+    video = write_video(root / "ep.mp4", pics, rate=12, options=x264(24))
+    yield res.best_model, FaceClassifier.load(res.best_model), video
+    mp.undo()
+
+
+def test_scan_on_ray_equals_scan_and_reruns_only_what_is_missing(local_ray, tiny_model_and_video,
+                                                                 tmp_path):
+    from animefaces.scan import ScanSettings, scan_video
+    from animefaces.scan_ray import scan_results_ray
+
+    _, clf, video = tiny_model_and_video
+    want = scan_video(video, clf, progress=False)
+    opts = RayOptions(batch_size=4, actors=2, actor_cpus=0.5, decode_cpus=0.5)
+    got = scan_results_ray([video], clf, ScanSettings(), options=opts, thumbnails=True,
+                           cache_dir=tmp_path / "f", range_s=4.0, progress=False)[0]
+    assert got.error is None and len(got.frames) == len(want.frames) == 12
+    assert [(f.time_s, f.frame_index, f.frame_type, f.label) for f in got.frames] == \
+        [(f.time_s, f.frame_index, f.frame_type, f.label) for f in want.frames]
+    np.testing.assert_allclose([f.p_face for f in got.frames], [f.p_face for f in want.frames],
+                               rtol=1e-5, atol=1e-6)
+    assert got.ranges == want.ranges and len(got.thumbnails) == len(got.ranges)
+    calls = []
+    again = scan_results_ray([video], clf, ScanSettings(), options=opts, thumbnails=False,
+                             cache_dir=tmp_path / "f", range_s=4.0, progress=False,
+                             on_batch=calls.append)[0]
+    assert not calls and [f.p_face for f in again.frames] == [f.p_face for f in got.frames]
+
+
+def test_cli_scan_with_ray(local_ray, tiny_model_and_video, tmp_path, capsys):
+    from animefaces.cli import main
+
+    model, _, video = tiny_model_and_video
+    out = tmp_path / "out"
+    assert main(["scan", str(video), "--model", str(model), "--out", str(out), "--ray",
+                 "--cache-dir", str(tmp_path / "f"), "--contact-sheet", "-q"]) == 0
+    assert "12 frame(s) scanned" in capsys.readouterr().out
+    assert (out / "ep.contact.png").is_file() and (out / "scan.json").is_file()

@@ -82,6 +82,12 @@ def register(subparsers) -> None:
                    help="frames per classifier call (default 32)")
     s.add_argument("--device", default="auto", help="where the CNN runs: auto, cpu, cuda, cuda:N")
     add_sampling_options(s, keyframes_default=False)
+    from ._ray import add_ray_options
+
+    add_ray_options(s)
+    s.add_argument("--cache-dir", default="features",
+                   help="with --ray: the feature cache the workers write the frames' features "
+                        "to (on storage every node sees; default: features/)")
     s.set_defaults(func=cmd_scan)
 
 
@@ -104,9 +110,12 @@ def cmd_scan(args) -> int:
                  batch_size=args.batch_size, seek=args.seek)
     clf = FaceClassifier.load(args.model, device=args.device,
                               **({"allow_pickle": True} if args.allow_pickle else {}))
+    from ._ray import ray_options
+
     summary = scan_videos(args.videos, clf, out_dir=args.out, contact_sheets=args.contact_sheet,
                           fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
                           min_gap=args.min_gap, min_duration=args.min_duration,
-                          batch_size=args.batch_size, seek=args.seek, progress=not args.quiet)
+                          batch_size=args.batch_size, seek=args.seek, progress=not args.quiet,
+                          ray=ray_options(args), cache_dir=args.cache_dir)
     print(summary)
     return 0 if summary.ok else 1

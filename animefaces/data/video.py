@@ -283,7 +283,8 @@ def _first_frame_rotation(container, stream) -> int:
 
 def sample_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,
                   keyframes: bool = False, seek: str = "auto",
-                  progress: Callable[[float], None] | None = None) -> Iterator[Frame]:
+                  progress: Callable[[float], None] | None = None, start_s: float = 0.0,
+                  end_s: float | None = None) -> Iterator[Frame]:
     """Decode a video and yield the sampled frames in display order.
 
     Args:
@@ -298,6 +299,10 @@ def sample_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,
             sampling), ``"never"`` always decodes sequentially, ``"always"`` seeks whenever
             the next tick lies beyond the next key frame.
         progress: called with the current video time in seconds as decoding advances.
+        start_s, end_s: only the frames shown in ``[start_s, end_s)`` (a piece of the video for
+            one worker: see :mod:`animefaces.features.distributed_video`). The decoder seeks to
+            the key frame before ``start_s``, which is rounded to the nearest tick, so the
+            pieces of a video give exactly the frames of the whole (measured by a test).
 
     Yields:
         :class:`Frame` objects (index, time_s, frame_type, RGB image).
@@ -310,13 +315,18 @@ def sample_frames(video_path: os.PathLike | str, *, fps: float | None = 1.0,
     step = check_sampling_options(fps, keyframes=keyframes, seek=seek)
     path = Path(video_path)
     av = _import_av()
+    t_from = Fraction(start_s or 0)
+    if step is not None:
+        t_from = round(t_from / step) * step
+    t_to = Fraction(end_s) if end_s is not None else None
     container, stream = _open(path)
     with container:
         yield from _sample(av, container, stream, path, step=step, keyframes=keyframes,
-                           seek=seek, progress=progress)
+                           seek=seek, progress=progress, t_from=t_from, t_to=t_to)
 
 
-def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
+def _sample(av, container, stream, path, *, step, keyframes, seek, progress,
+            t_from=Fraction(0), t_to=None):
     tb = Fraction(stream.time_base) if stream.time_base else None
     rate = Fraction(stream.average_rate or stream.guessed_rate or 0)
     start = stream.start_time  # pts of time 0; the first timestamp seen when undeclared
@@ -326,7 +336,7 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
         # key_frame filter below keeps the output right for codecs that ignore the flag.
         stream.codec_context.skip_frame = "NONKEY"
 
-    next_tick = Fraction(0)
+    next_tick = t_from
     count = 0                  # frames seen since the start: the exact index while sequential
     exact_index = not key_only
     last_t: Fraction | None = None     # time of the last frame handled (never goes back)
@@ -335,6 +345,14 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
     gop: Fraction | None = None        # longest key-frame interval seen so far
     try_seek = seek != "never" and not key_only and tb is not None
     sought: set[Fraction] = set()
+    done = False  # reached t_to
+    if t_from > 0 and tb is not None:
+        try:  # to the key frame before the piece; the frames before t_from are skipped
+            container.seek(int(t_from / tb) + (start or 0), stream=stream, backward=True,
+                           any_frame=False)
+            exact_index = False
+        except av.error.FFmpegError:
+            pass  # decode from the start instead
 
     def to_time(pts, ptb) -> Fraction | None:
         nonlocal start
@@ -359,6 +377,9 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
                     if last_t is not None and t <= last_t:
                         # Already handled before a seek (or a broken timestamp): skip.
                         continue
+                    if t_to is not None and t >= t_to:
+                        done = True
+                        break
                     is_key = bool(frame.key_frame)
                     if key_only and not is_key:
                         continue
@@ -370,7 +391,7 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
                                     else (1 / rate if rate else Fraction(0)))
                     if progress is not None:
                         progress(float(t))
-                    if t < 0:  # hidden by an edit list (encoder delay): never displayed
+                    if t < 0 or t < t_from:  # hidden by an edit list, or before the piece
                         continue
                     take_tick = step is not None and t >= next_tick
                     if take_tick:
@@ -379,6 +400,8 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
                         yield Frame(index, float(t), "key", _upright_image(av, frame))
                     elif take_tick:
                         yield Frame(index, float(t), "sec", _upright_image(av, frame))
+                if done:
+                    break
                 # Decide on a seek only after the key frame packet is decoded, so a container
                 # that refuses to seek leaves the decoder in a consistent state.
                 if try_seek and packet.is_keyframe and packet.pts is not None:
@@ -396,7 +419,7 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
                                       f"{_reason(exc)})") from None
         finally:
             demux.close()
-        if seek_to is None:
+        if seek_to is None or done:
             break
         sought.add(seek_to)
         try:
@@ -410,6 +433,8 @@ def _sample(av, container, stream, path, *, step, keyframes, seek, progress):
             exact_index = False  # the frames skipped were not counted
             last_key = None      # the jump is not a key-frame interval
 
+    if done or (last_t is None and t_from > 0):
+        return  # the piece ended before the stream did (or lies past its end)
     if last_t is None:
         raise BadVideoError(path, "no frame could be decoded (the stream is empty, truncated "
                                   "or corrupt)")

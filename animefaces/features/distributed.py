@@ -206,7 +206,8 @@ class ForwardWriter:
     def __call__(self, batch: dict) -> dict:
         import torch
 
-        ok = np.array([not e for e in batch["error"]], bool)
+        # rows with an error, or without a key (a video range without frames), have no image
+        ok = np.array([not e and bool(k) for e, k in zip(batch["error"], batch["key"])], bool)
         t0 = time.perf_counter()
         if ok.any():
             feats = self.fx._forward(torch.from_numpy(np.ascontiguousarray(batch["image"][ok])))
