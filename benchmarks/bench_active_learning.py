@@ -27,6 +27,8 @@ missing), so a run takes a minute or two.
     python benchmarks/bench_active_learning.py --data ../shared/data/anime-episodes/manifest.csv \\
         --pool episodes --eval episodes --holdout-groups 0.5 --json benchmarks/active_learning_episodes.json
 
+``plot OUT.png A.json B.json`` draws saved results side by side (no run).
+
 Writes ``{"uncertainty": {"labels_to_target": N, "curve": [[labels, accuracy], ...]},
 "random": {...}, "target": 0.95, "n_pool": ..., "n_eval": ...}`` plus the settings and the
 per-seed counts; ``--plot PNG`` draws both curves (no images in it).
@@ -132,6 +134,14 @@ def median_count(counts: list) -> int | None:
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["plot"]:  # plot OUT.png A.json [B.json ...]: one panel per result
+        if len(argv) < 3:
+            raise SystemExit("usage: bench_active_learning.py plot OUT.png RESULT.json ...")
+        plot([(_title(json.loads(Path(f).read_text())), json.loads(Path(f).read_text()))
+              for f in argv[2:]], argv[1])
+        print(argv[1])
+        return 0
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", required=True, help="manifest CSV (path,label,split[,group])")
     ap.add_argument("--pool", required=True, help="split whose frames are labelled")
@@ -201,8 +211,14 @@ def main(argv=None) -> int:
     print(f"uncertainty: {u} labels to {args.target}, random: {r} "
           f"(ratio {out['ratio_uncertainty_to_random']}); {args.json}")
     if args.plot:
-        plot([(Path(args.data).parent.name, out)], args.plot)
+        plot([(_title(out), out)], args.plot)
     return 0
+
+
+def _title(res: dict) -> str:
+    st = res["settings"]
+    held = f", series held out ({st['holdout_groups']:.0%})" if st.get("holdout_groups") else ""
+    return f"{Path(st['data']).parent.name}{held}"
 
 
 def plot(results: list[tuple[str, dict]], path: str) -> None:
@@ -219,8 +235,10 @@ def plot(results: list[tuple[str, dict]], path: str) -> None:
             n = res[s]["labels_to_target"]
             ax.plot(c[:, 0], c[:, 1], style, label=f"{s} ({n if n is not None else 'never'})")
         ax.axhline(res["target"], color="grey", lw=0.8, ls=":")
-        ax.set_title(f"{title}: pool {res['n_pool']}, eval {res['n_eval']}", fontsize=10)
-        ax.set_xlabel("labels given")
+        ax.set_title(f"{title}\npool {res['n_pool']}, eval {res['n_eval']} ({res['settings']['eval']}), "
+                     f"median of {res['settings']['seeds']} seeds", fontsize=9)
+        ax.set_xscale("log")  # the first hundred labels are where the orders differ
+        ax.set_xlabel("labels given (log scale)")
         ax.set_ylabel(f"accuracy on {res['settings']['eval']}")
         lo = min(min(a for _, a in res[s]["curve"]) for s in STRATEGIES)
         ax.set_ylim(max(0.5, lo - 0.02), 1.0)

@@ -1,8 +1,8 @@
 """Take the README's screenshot of the labelling page (docs/label-page.png) on synthetic frames.
 
-Draws 160 cartoon 640x360 frames (a face on a scene, or a scene alone; nothing from the shared
-data, which is not ours to publish), labels 45 of them through the page's own API in the order
-the page asks for, then opens the page in headless Chromium (Debian's chromium + chromium-driver,
+Draws 160 cartoon 640x360 frames (a face on a scene; a scene alone, some with a round
+skin-coloured decoy in it; nothing from the shared data, which is not ours to publish), labels
+45 of them through the page's own API in the order the page asks for, then opens the page in headless Chromium (Debian's chromium + chromium-driver,
 driven by Selenium) and saves a screenshot.
 
     .venv/bin/python scripts/label_screenshot.py [--out docs/label-page.png]
@@ -38,10 +38,20 @@ def scene(rng, size=(640, 360)) -> Image.Image:
     return img
 
 
+def decoy_frame(rng) -> Image.Image:
+    """A scene with a round, skin-coloured thing in it (a moon, a ball): no face, but close."""
+    img = scene(rng)
+    d = ImageDraw.Draw(img)
+    r = int(rng.integers(30, 90))
+    cx, cy = int(rng.integers(r, 640 - r)), int(rng.integers(r, 360 - r))
+    d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=(250, 222, 196))
+    return img
+
+
 def face_frame(rng) -> Image.Image:
     img = scene(rng)
     d = ImageDraw.Draw(img)
-    r = int(rng.integers(60, 120))
+    r = int(rng.integers(18, 120))
     cx, cy = int(rng.integers(r, 640 - r)), int(rng.integers(r, 360 - r // 2))
     hair = tuple(int(v) for v in rng.integers(20, 200, 3))
     d.ellipse([cx - r - 12, cy - r - 18, cx + r + 12, cy + r // 2], fill=hair)
@@ -62,7 +72,8 @@ def make_frames(root: Path, n: int = 160, seed: int = 0) -> tuple[Path, dict]:
         ep = f"episode-{1 + i * 4 // n:02d}"
         is_face = rng.random() < 0.55
         name = f"frames/{ep}-sec-{i:04d}.jpg"
-        (face_frame if is_face else scene)(rng).save(root / name, quality=90)
+        maker = face_frame if is_face else decoy_frame if rng.random() < 0.4 else scene
+        maker(rng).save(root / name, quality=90)
         rows.append({"path": name, "label": "", "split": "", "group": ep})
         truth[name] = "face" if is_face else "no_face"
     m = root / "manifest.csv"
@@ -113,10 +124,13 @@ def main(argv=None) -> int:
             v = api(url, "api/state")["version"]
             api(url, "api/label", {"i": it["i"], "label": truth[it["path"]], "picked": it["reason"],
                                    "version": v})
-        while api(url, "api/state")["model"]["fitting"]:
-            time.sleep(0.2)
+            # a person takes a second per frame, a refit less: wait for it as they would
+            while api(url, "api/state")["model"]["fitting"]:
+                time.sleep(0.1)
         driver = chrome()
         try:
+            driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {
+                "width": 1400, "height": 860, "deviceScaleFactor": 1, "mobile": False})
             driver.get(url)
             time.sleep(3)
             Path(args.out).parent.mkdir(parents=True, exist_ok=True)
