@@ -101,6 +101,7 @@ def test_label_twenty_frames_with_the_keyboard_across_a_crash(tmp_path, driver):
         _settled(driver)
         first = _label_with_keys(driver, truth, 12)
         assert _labelled(m) == {p: truth[p] for p in first}      # on disk as given
+        killed = srv.url
         srv.kill()                                                 # kill -9 mid-way
         assert _labelled(m) == {p: truth[p] for p in first}      # nothing lost
         srv = LabelServer(m, tmp_path / "features", every=5)
@@ -140,7 +141,9 @@ def test_label_twenty_frames_with_the_keyboard_across_a_crash(tmp_path, driver):
         origins = driver.execute_script(
             "return performance.getEntriesByType('resource').map(function (e) { return e.name; })")
         assert origins and all(o.startswith(srv.url) for o in origins), origins
-        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        # (the page of the killed server may have polled it once before we left it)
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"
+                  and not (killed in e["message"] and "ERR_CONNECTION_REFUSED" in e["message"])]
         assert not errors, errors
 
         # A second server on the same manifest is refused, naming the first.

@@ -68,8 +68,10 @@ def label_studio_tasks(store: LabelStore, *, scores=None, model_version: str = "
             task["predictions"] = [{"model_version": model_version, "score": conf,
                                     "result": [_choice(guess, score=conf)]}]
         if r["label"]:
-            task["annotations"] = [{"result": [_choice(r["label"])],
-                                    "created_at": r.get("labelled_at") or None}]
+            ann = {"result": [_choice(r["label"])]}
+            if r.get("labelled_at"):
+                ann["created_at"] = r["labelled_at"]
+            task["annotations"] = [ann]
         tasks.append(task)
     return tasks
 
