@@ -165,3 +165,44 @@ def test_config_grid_for_scalable_kernels():
                        ({"kernel": "nystrom"}, "choose one of")]:
         with pytest.raises(ConfigError, match=msg):
             grid(entry)
+
+
+def test_sweep_with_scalable_kernels_saves_a_pickle_free_model(tmp_path):
+    from conftest import make_dataset
+
+    from animefaces.api import FaceClassifier
+    from animefaces.train.sweep import run_sweep
+
+    data = make_dataset(tmp_path / "data")
+    cfg = tmp_path / "scalable.toml"
+    cfg.write_text(f'''
+[features]
+backbones = ["tiny"]
+cache_dir = "{(tmp_path / 'features').as_posix()}"
+[svm]
+n_jobs = 1
+[[svm.grid]]
+kernel = "nystroem"
+C = [1.0]
+n_components = [16]
+[[svm.grid]]
+kernel = "sgd"
+C = [10.0]
+[[svm.grid]]
+kernel = "poly_sketch"
+degree = [2]
+coef0 = [1.0]
+n_components = [64]
+[output]
+reports_dir = "{(tmp_path / 'reports').as_posix()}"
+models_dir = "{(tmp_path / 'models').as_posix()}"
+''')
+    res = run_sweep(data, config=cfg, weights="random", progress=False)
+    kernels_fitted = {f["kernel"] for f in res.results["fits"]}
+    assert kernels_fitted == {"nystroem", "sgd", "poly_sketch-2"}
+    assert not list((tmp_path / "models").glob("**/*.joblib"))
+    clf = FaceClassifier.load(res.best_model)
+    assert isinstance(clf.model.pipeline, ArrayLinear)
+    images = sorted((data.parent / "images").glob("test-*.png"))
+    preds = clf.predict_many(images)
+    assert all(0.0 <= p.score <= 1.0 for p in preds)

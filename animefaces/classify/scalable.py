@@ -16,8 +16,8 @@ form it:
 Features come as an array, a memory map or anything with ``len()``, ``n_features``,
 ``chunk(start, stop)`` and ``take(indices)`` (:class:`animefaces.features.stream.CachedRows`
 reads them from the feature cache's shards without loading them whole). Memory: the ``sgd``
-solver holds one chunk (a mapped training set is written once to a temporary memory-mapped
-file); ``liblinear`` holds the (n, width) training matrix, which liblinear copies again
+solver holds one chunk (a mapped training set is written once to a temporary file and read
+back in chunks); ``liblinear`` holds the (n, width) training matrix, which liblinear copies again
 (16 bytes a value): what that solver needs.
 
 The result is a plain scikit-learn ``Pipeline(scale, map, svm)``, binary (classes 0 / 1),
@@ -58,6 +58,34 @@ class ArrayRows:
 
     def take(self, indices) -> np.ndarray:
         return np.asarray(self.X[np.asarray(indices)], np.float64)
+
+
+class _FileRows:
+    """Rows written once to a float32 file and read back a chunk at a time with plain reads
+    (not a memory map, whose touched pages would count as this process's memory)."""
+
+    def __init__(self, path: str, width: int):
+        self.path, self.width, self.n = path, width, 0
+        self._f = open(path, "wb")
+
+    def append(self, Z: np.ndarray) -> None:
+        self._f.write(np.ascontiguousarray(Z, np.float32).tobytes())
+        self.n += len(Z)
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __len__(self) -> int:
+        return self.n
+
+    @property
+    def n_features(self) -> int:
+        return self.width
+
+    def chunk(self, start: int, stop: int) -> np.ndarray:
+        rows = np.fromfile(self.path, dtype=np.float32, count=(stop - start) * self.width,
+                           offset=start * self.width * 4)
+        return rows.reshape(stop - start, self.width).astype(np.float64)
 
 
 def as_rows(X):
@@ -184,14 +212,12 @@ def fit(params: dict, X, y, *, scaling: str = "l2", seed: int = 0,
         with tempfile.TemporaryDirectory(prefix="animefaces-sgd-") as tmp:
             source = rows
             if mapper is not None or scaler is not None:
-                # Map (and scale) once into a temporary memory map, not once per epoch.
-                width = mapper.n_components if mapper is not None else rows.n_features
-                Zmap = np.lib.format.open_memmap(f"{tmp}/z.npy", mode="w+", dtype=np.float32,
-                                                 shape=(n, width))
+                # Map (and scale) once into a temporary file, not once per epoch.
+                source = _FileRows(f"{tmp}/z.f32", mapper.n_components if mapper is not None
+                                   else rows.n_features)
                 for a, b in spans:
-                    Zmap[a:b] = _transform(scaler, mapper, rows.chunk(a, b))
-                Zmap.flush()
-                source = ArrayRows(Zmap)
+                    source.append(_transform(scaler, mapper, rows.chunk(a, b)))
+                source.close()
             for _ in range(epochs):
                 for k in rng.permutation(len(spans)):
                     a, b = spans[k]
