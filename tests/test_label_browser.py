@@ -57,7 +57,7 @@ def _shown(d) -> tuple[str, str]:
             d.find_element(By.ID, "frame-img").get_attribute("alt"))
 
 
-def _settled(d, *, changed_from=None, timeout=20):
+def _settled(d, *, changed_from=None, timeout=45):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -123,19 +123,19 @@ def test_label_twenty_frames_with_the_keyboard_across_a_crash(tmp_path, driver):
         assert all(r["labelled_at"] for r in rows if r["label"])
         # Z: the last label is taken back, on disk, and its frame is shown again
         _press(driver, "z")
-        WebDriverWait(driver, 20).until(lambda d: len(_labelled(m)) == 19)
+        WebDriverWait(driver, 45).until(lambda d: len(_labelled(m)) == 19)
         _settled(driver)
         assert more[-1] not in _labelled(m)
         assert _shown(driver)[1] == more[-1]
-        WebDriverWait(driver, 10).until(lambda d: "19 / 60 labelled" in
+        WebDriverWait(driver, 30).until(lambda d: "19 / 60 labelled" in
                                         d.find_element(By.ID, "progress-text").text)
         # the grid view shows the queue; a click opens a frame
         _press(driver, "g")
-        WebDriverWait(driver, 10).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .cell"))
+        WebDriverWait(driver, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#grid .cell"))
         cell = driver.find_elements(By.CSS_SELECTOR, "#grid .cell")[1]
         want = cell.get_attribute("data-i")
         cell.click()
-        WebDriverWait(driver, 10).until(lambda d: _shown(d)[0] == want)
+        WebDriverWait(driver, 30).until(lambda d: _shown(d)[0] == want)
         assert driver.find_element(By.ID, "grid-view").is_displayed() is False
         # every request went to this server; the console is clean
         origins = driver.execute_script(
@@ -156,7 +156,7 @@ def test_label_twenty_frames_with_the_keyboard_across_a_crash(tmp_path, driver):
         LabelStore(m).set_label(int(want), "unsure", picked="browse")
         theirs = m.read_bytes()
         _press(driver, "f")
-        WebDriverWait(driver, 20).until(lambda d: d.find_element(By.ID, "banner").is_displayed())
+        WebDriverWait(driver, 45).until(lambda d: d.find_element(By.ID, "banner").is_displayed())
         text = driver.find_element(By.ID, "banner-text").text
         assert "changed on disk by another program" in text and "nothing was written" in text
         assert m.read_bytes() == theirs
