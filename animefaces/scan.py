@@ -502,8 +502,7 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
                 fps: float | None = 1.0, keyframes: bool = False, on: float = 0.6,
                 off: float = 0.4, min_gap: float | None = None, min_duration: float = 0.0,
                 batch_size: int = 32, seek: str = "auto", progress: bool = True,
-                decode_ahead: bool | None = None, ray=None,
-                cache_dir: os.PathLike | str | None = "features") -> ScanSummary:
+                decode_ahead: bool | None = None, precomputed: list | None = None) -> ScanSummary:
     """Scan several videos; a bad one is reported and the others still run.
 
     With ``out_dir``, each video gets ``{stem}.frames.csv`` (``time_s,frame_index,p_face,label,
@@ -522,8 +521,8 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
         fps, keyframes, on, off, min_gap, min_duration, batch_size, seek, decode_ahead: as
             for :func:`scan_video`.
         progress: a progress bar on stderr in seconds of video time, across all videos.
-        ray: a :class:`~animefaces.features.distributed.RayOptions`: sample and run the CNN on
-            Ray (:mod:`animefaces.scan_ray`; features kept in ``cache_dir``), same results.
+        precomputed: one :class:`ScanResult` per video, made elsewhere (on Ray:
+            :func:`animefaces.scan_ray.scan_videos_ray`), written out here instead of scanning.
 
     Raises:
         ConfigError: bad options, no videos, or two videos with one stem while writing files
@@ -545,14 +544,9 @@ def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,
                           out_dir=out)
     durations = probe_durations(paths) if progress else {}
     bar = video_time_bar(sum(d for d in durations.values() if d),
-                         enabled=progress and ray is None)
+                         enabled=progress and precomputed is None)
     clock = VideoClock(bar)
-    on_ray = None
-    if ray is not None:
-        from .scan_ray import scan_results_ray
-
-        on_ray = scan_results_ray(paths, classifier, settings, options=ray, cache_dir=cache_dir,
-                                  thumbnails=contact_sheets, progress=progress)
+    on_ray = precomputed
     with bar:
         for k, p in enumerate(paths):
             bar.set_postfix_str(p.name, refresh=False)

@@ -1,5 +1,5 @@
-"""``scan --ray``: the frames of many videos sampled and run through the CNN on a Ray cluster
-(:mod:`animefaces.features.distributed_video`), then classified and merged into face ranges here,
+"""``scan --ray`` (:func:`scan_videos_ray`): the frames of many videos sampled and run through
+the CNN on a Ray cluster (:mod:`animefaces.features.distributed_video`), then classified and merged into face ranges here,
 exactly as :func:`animefaces.scan.scan_video` does with the frames it decodes itself.
 
 The SVM, the calibration and the range rule are cheap and stay on the driver; the out-of-domain
@@ -91,3 +91,34 @@ def _first_frame(video: Path, t: float, settings, step: float, thumb) -> Image.I
     if image is None:  # cannot happen for a range found in the same frames; a grey tile
         image = Image.new("RGB", (320, 180), (200, 200, 200))
     return Image.open(io.BytesIO(thumb(image))).convert("RGB")
+
+
+def scan_videos_ray(videos, classifier, *, ray, cache_dir="features", out_dir=None,
+                    contact_sheets: bool = False, fps: float | None = 1.0,
+                    keyframes: bool = False, on: float = 0.6, off: float = 0.4,
+                    min_gap: float | None = None, min_duration: float = 0.0,
+                    batch_size: int = 32, seek: str = "auto", progress: bool = True,
+                    range_s: float | None = None):
+    """:func:`animefaces.scan.scan_videos` with the frames sampled and run through the CNN on
+    Ray (``ray``: a :class:`~animefaces.features.distributed.RayOptions`; the features are kept
+    in ``cache_dir``, on storage every node sees): the same files and summary.
+
+    Raises:
+        ConfigError: bad options, checked before Ray starts.
+    """
+    from .errors import ConfigError
+    from .scan import ScanSettings, scan_videos
+
+    settings = ScanSettings(fps=fps, keyframes=keyframes, on=on, off=off, min_gap=min_gap,
+                            min_duration=min_duration, batch_size=batch_size, seek=seek)
+    paths = [Path(v) for v in videos]
+    if not paths:
+        raise ConfigError("no videos given; pass one or more video files")
+    if contact_sheets and out_dir is None:
+        raise ConfigError("contact sheets are files: give an output folder (--out DIR)")
+    results = scan_results_ray(paths, classifier, settings, options=ray, cache_dir=cache_dir,
+                               thumbnails=contact_sheets, range_s=range_s, progress=progress)
+    return scan_videos(paths, classifier, out_dir=out_dir, contact_sheets=contact_sheets, fps=fps,
+                       keyframes=keyframes, on=on, off=off, min_gap=min_gap,
+                       min_duration=min_duration, batch_size=batch_size, seek=seek,
+                       progress=progress, precomputed=results)

@@ -112,10 +112,17 @@ def cmd_scan(args) -> int:
                               **({"allow_pickle": True} if args.allow_pickle else {}))
     from ._ray import ray_options
 
-    summary = scan_videos(args.videos, clf, out_dir=args.out, contact_sheets=args.contact_sheet,
-                          fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
-                          min_gap=args.min_gap, min_duration=args.min_duration,
-                          batch_size=args.batch_size, seek=args.seek, progress=not args.quiet,
-                          ray=ray_options(args), cache_dir=args.cache_dir)
+    ray = ray_options(args)
+    run = scan_videos
+    if ray is not None:  # the same files; the frames are sampled and run on Ray
+        import functools
+
+        from ..scan_ray import scan_videos_ray
+
+        run = functools.partial(scan_videos_ray, ray=ray, cache_dir=args.cache_dir)
+    summary = run(args.videos, clf, out_dir=args.out, contact_sheets=args.contact_sheet,
+                  fps=fps, keyframes=args.keyframes, on=args.on, off=args.off,
+                  min_gap=args.min_gap, min_duration=args.min_duration,
+                  batch_size=args.batch_size, seek=args.seek, progress=not args.quiet)
     print(summary)
     return 0 if summary.ok else 1
