@@ -21,13 +21,15 @@ SCALINGS = ("l2", "standard", "none")
 
 _SCHEMA = {
     "features": {"backbones", "cache_dir", "device", "precision", "pooling", "batch_size", "skip_bad"},
-    "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "grid"},
+    "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "cv_folds", "grid"},
     "output": {"reports_dir", "models_dir"},
     "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target",
               "ood", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text",
-              "ood_weak_quantile"},
+              "ood_weak_quantile", "ood_gray_quantile", "ood_subspace", "ood_subspace_quantile"},
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")
+# Model selection: "groups" (group cross-validation over train + val) or "val" (the paper's).
+SELECT_ON = ("groups", "val")
 # Kernels, their grid keys and limits: animefaces/classify/kernels.py (one list for the grid, the
 # saved models and this validation).
 _GRID_KEYS = {"kernel"}.union(*GRID_KEYS.values())
@@ -54,7 +56,9 @@ class SweepConfig:
     cache_size: float = 2000
     seed: int = 0
     n_jobs: int = 0
-    select_on: str = "val"
+    # "groups": group cross-validation over train + val (val when there are < 3 groups)
+    select_on: str = "groups"
+    cv_folds: int = 5
     grid: list[dict] = field(default_factory=list)
     reports_dir: str = "reports"
     models_dir: str = "models"
@@ -66,12 +70,15 @@ class SweepConfig:
     abstain_target: float = 0.95
     ood: bool = True
     ood_k: int = 5
-    ood_quantile: float = 0.95
+    ood_quantile: float = 0.999
     ood_min_side: int = 32
     ood_flat: float = 2.0
     ood_noise: float = 0.3
     ood_text: bool = True
     ood_weak_quantile: float = 0.1
+    ood_gray_quantile: float = 0.85
+    ood_subspace: int = 8
+    ood_subspace_quantile: float = 0.998
     source: str = ""
     raw: dict = field(default_factory=dict)
 
@@ -162,7 +169,9 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
     choice("features.precision", cfg.precision, PRECISIONS)
     choice("features.pooling", cfg.pooling, POOLINGS)
     choice("svm.scaling", cfg.scaling, SCALINGS)
-    choice("svm.select_on", cfg.select_on, ("val",))
+    choice("svm.select_on", cfg.select_on, SELECT_ON)
+    if isinstance(cfg.cv_folds, bool) or not isinstance(cfg.cv_folds, int) or not 2 <= cfg.cv_folds <= 20:
+        raise ConfigError(f"config {source}: svm.cv_folds = {cfg.cv_folds!r}; use an integer from 2 to 20")
     check_batch_size(cfg.batch_size, name=f"config {source}: features.batch_size", allow_zero=True)
     if isinstance(cfg.n_jobs, bool) or not isinstance(cfg.n_jobs, int) or cfg.n_jobs < -1:
         raise ConfigError(f"config {source}: svm.n_jobs = {cfg.n_jobs!r}; use 0 (one per core), -1 or a positive integer")
@@ -264,6 +273,9 @@ def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
     boolean("ood", cfg.ood)
     boolean("ood_text", cfg.ood_text)
     number("ood_weak_quantile", cfg.ood_weak_quantile, 0.0, 0.5)
+    number("ood_gray_quantile", cfg.ood_gray_quantile, 0.0, 1.0)
+    number("ood_subspace", cfg.ood_subspace, 0, 256, integer=True)
+    number("ood_subspace_quantile", cfg.ood_subspace_quantile, 0.5, 1.0)
     number("ood_k", cfg.ood_k, 1, 100, integer=True)
     number("ood_quantile", cfg.ood_quantile, 0.5, 1.0)
     number("ood_min_side", cfg.ood_min_side, 0, 10000, integer=True)

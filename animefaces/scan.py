@@ -44,12 +44,12 @@ from PIL import Image
 
 from ._io import atomic_write_bytes, atomic_write_json, utc_now, versions
 from .classify.ranges import (FaceRange, FrameScore, check_seconds, check_thresholds, face_ranges,
-                              infer_step)
+                              infer_step, video_frame_label)
 from .data.video import (Frame, VideoClock, check_sampling_options, check_unique_stems,
                          probe_durations, probe_video, sample_frames, video_time_bar)
 from .errors import AnimeFacesError, BadVideoError, ConfigError
 
-FRAME_CSV_COLUMNS = ("time_s", "frame_index", "p_face", "label", "frame_type")
+FRAME_CSV_COLUMNS = ("time_s", "frame_index", "p_face", "label", "frame_type", "reason")
 RANGE_CSV_COLUMNS = ("range", "start_s", "end_s", "duration_s", "peak_p", "start", "end",
                      "first_frame_index", "frames")
 # Contact-sheet tiles: thumbnails fit in this box (16:9, the usual anime frame).
@@ -217,8 +217,8 @@ def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
                 # Every range starts at such a frame; which of them do is known at the end.
                 candidates[len(res.frames)] = _thumbnail_bytes(fr.image)
             prev_p = score
-            res.frames.append(FrameScore(fr.time_s, fr.index, score, str(pred.label),
-                                         fr.frame_type))
+            label, why = video_frame_label(pred)
+            res.frames.append(FrameScore(fr.time_s, fr.index, score, label, fr.frame_type, why))
 
     # Batched here (not with iter_sampled_frames) so that decoding ahead works frame by frame.
     pending: list[Frame] = []
@@ -412,8 +412,8 @@ def _csv_bytes(columns, rows) -> bytes:
 
 def _frame_rows(res: ScanResult) -> list[dict]:
     return [{"time_s": f"{f.time_s:.3f}", "frame_index": f.frame_index,
-             "p_face": f"{f.p_face:.4f}", "label": f.label, "frame_type": f.frame_type}
-            for f in res.frames]
+             "p_face": f"{f.p_face:.4f}", "label": f.label, "frame_type": f.frame_type,
+             "reason": f.reason} for f in res.frames]
 
 
 def _range_rows(res: ScanResult) -> list[dict]:
@@ -494,7 +494,8 @@ def _result_json(res: ScanResult, outputs: dict | None) -> dict:
                        for r in res.ranges],
             "frames": [{"time_s": round(f.time_s, 3), "frame_index": f.frame_index,
                         "p_face": round(f.p_face, 4), "label": f.label,
-                        "frame_type": f.frame_type} for f in res.frames]}
+                        "frame_type": f.frame_type, **({"reason": f.reason} if f.reason else {})}
+                       for f in res.frames]}
 
 
 def scan_videos(videos: Iterable[os.PathLike | str], classifier, *,

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .classify.ranges import FrameScore, face_ranges, infer_step
+from .classify.ranges import FrameScore, face_ranges, infer_step, video_frame_label
 from .errors import AnimeFacesError
 
 
@@ -56,8 +56,9 @@ def scan_results_ray(paths: list[Path], classifier, settings, *, options, thumbn
         if vf.keys:
             names = [f"{vf.video.name}@{t:.3f}" for t in vf.times_s]
             preds = classifier._label(vf.X, names, vf.extra if guard is not None else None)
-            res.frames = [FrameScore(t, idx, float(p.score), str(p.label), ftype)
-                          for t, idx, ftype, p in zip(vf.times_s, vf.indices, vf.types, preds)]
+            res.frames = [FrameScore(t, idx, float(p.score), label, ftype, why)
+                          for t, idx, ftype, p in zip(vf.times_s, vf.indices, vf.types, preds)
+                          for label, why in [video_frame_label(p)]]
         duration = res.info.get("video", {}).get("duration_s")
         times = [f.time_s for f in res.frames]
         step = settings.step_s if settings.step_s is not None else infer_step(np.asarray(times),

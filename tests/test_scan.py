@@ -328,7 +328,7 @@ def test_scan_videos_writes_files_and_goes_on_past_bad_inputs(coded, bad_inputs,
     cols, rows = read_csv(out / "ep01.frames.csv")
     assert tuple(cols) == FRAME_CSV_COLUMNS and len(rows) == 12
     assert rows[3] == {"time_s": "3.000", "frame_index": "36", "p_face": "0.9000",
-                       "label": "face", "frame_type": "sec"}
+                       "label": "face", "frame_type": "sec", "reason": ""}
     cols, rows = read_csv(out / "ep01.ranges.csv")
     assert tuple(cols) == RANGE_CSV_COLUMNS
     assert rows == [{"range": "1", "start_s": "3.000", "end_s": "7.000", "duration_s": "4.000",

@@ -273,7 +273,10 @@ def test_trust_reuses_grid_decisions_only_when_they_match_the_saved_model(swept)
     from animefaces.train.sweep import _grid_decisions
 
     tmp_path, data, _, res = swept
-    assert res.results["best"]["decision_values"].startswith("grid fit")
+    # grid fit when its val decisions equal the refit's (RBF here to 1e-7); a polynomial chosen on
+    # held-out groups can differ by ~4e-4 (libsvm stops at its tolerance), and then the refit's
+    assert res.results["best"]["decision_values"].startswith(
+        "grid fit" if res.results["best"]["kernel"] == "rbf" else ("grid fit", "refit"))
     with open(res.run_dir / "predictions.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     feats = extract_dataset(data, backbone="tiny", weights="random",
@@ -301,7 +304,7 @@ def test_sweep_takes_the_feature_flags_of_extract_and_names_them(tmp_path, tiny_
     out = capsys.readouterr().out
     assert rc == 0, out
     assert "precision fp32" in out and "batch 4" in out and "pooling avg" in out
-    assert "Chosen on val: tiny" in out and "Reports:" in out
+    assert "Chosen on held-out groups: tiny" in out and "Reports:" in out
     assert "## Table 1" not in out  # the whole report.md stays in the file
     run = next((tmp_path / "reports").iterdir())
     rt = json.loads((run / "results.json").read_text())["runtime"]

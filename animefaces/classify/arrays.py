@@ -301,14 +301,22 @@ def n_outputs(model) -> int | None:
     return 2 if hasattr(model, "feature_map") else None  # linear.ArrayLinear: binary
 
 
+# The OOD guard's array-valued parts (reference features, subspace): ``ood_<key>`` in the npz.
+_OOD_ARRAYS = ("train", "subspace_mean", "subspace_components")
+
+
 def split_extras(extras: dict) -> tuple[dict, dict]:
-    """Extras as JSON plus arrays: the OOD guard's training features go to the arrays."""
+    """Extras as JSON plus arrays: the OOD guard's reference features and subspace go to the
+    arrays."""
     extras = dict(extras or {})
     arrays = {}
     ood = extras.get("ood")
-    if isinstance(ood, dict) and ood.get("train") is not None:
+    if isinstance(ood, dict):
         ood = dict(ood)
-        arrays["ood_train"] = np.asarray(ood.pop("train"))
+        for k in _OOD_ARRAYS:
+            v = ood.pop(k, None)
+            if v is not None:
+                arrays[f"ood_{k}"] = np.asarray(v)
         extras["ood"] = ood
     return extras, arrays
 
@@ -316,8 +324,9 @@ def split_extras(extras: dict) -> tuple[dict, dict]:
 def join_extras(extras: dict, arrays) -> dict:
     extras = dict(extras or {})
     if isinstance(extras.get("ood"), dict):
-        extras["ood"] = dict(extras["ood"], train=np.asarray(arrays["ood_train"])
-                             if "ood_train" in arrays else None)
+        extras["ood"] = dict(extras["ood"], **{
+            k: np.asarray(arrays[f"ood_{k}"]) if f"ood_{k}" in arrays else None
+            for k in _OOD_ARRAYS})
     return extras
 
 

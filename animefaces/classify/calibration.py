@@ -187,14 +187,15 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
 
 
 def evaluate(decision: dict, y: dict, cal: dict, *, n_bins: int = 15,
-             splits=("val", "test", "distinct")) -> dict:
+             splits=("val", "test", "distinct"), fit_on: str = "val") -> dict:
     """ECE and Brier per split, before (logistic of the raw score) and after calibration, plus
-    Platt and isotonic fitted on val for comparison. Val numbers are in-sample for the calibrators."""
+    Platt and isotonic fitted on ``fit_on`` for comparison. ``fit_on`` numbers are in-sample for
+    the calibrators."""
     out = {}
     alt = {}
     for m in ("platt", "isotonic"):
         try:
-            alt[m] = _FITTERS[m](decision["val"], y["val"])
+            alt[m] = _FITTERS[m](decision[fit_on], y[fit_on])
         except ValueError:
             pass
     for s in splits:
@@ -302,23 +303,36 @@ def risk_coverage(p, y, *, points: int = 21) -> dict:
 
 # -- what a sweep records --------------------------------------------------------------------------
 def summarize(decision: dict, y: dict, *, method: str = "auto", folds: int = 5, n_bins: int = 15,
-              seed: int = 0) -> tuple[dict, dict, dict]:
-    """Fit the calibrator on val and measure it on every split.
+              seed: int = 0, fit_on: str = "val") -> tuple[dict, dict, dict]:
+    """Fit the calibrator on ``fit_on`` and measure it on every split.
 
     Args:
-        decision: {split: (n,) decision values}; y: {split: (n,) 0/1}. Must include ``val``.
+        decision: {split: (n,) decision values}; y: {split: (n,) 0/1}. Must include ``fit_on``:
+            ``val``, or ``cv`` (the out-of-fold decision values of held-out groups).
+        fit_on: the split the calibrator is fitted on. For ``cv`` its "calibrated" numbers are
+            out of fold (each image's P(face) from a calibrator fitted on the other folds) when
+            there are enough images to cross-validate, marked ``"calibrated_is": "out-of-fold"``.
 
     Returns:
         (calibrator, info from :func:`fit_calibrator` (with ``oof``), a JSON-ready summary with
         the method, the reason, the out-of-fold Brier scores, and ECE / Brier per split before
         (``raw``) and after (``calibrated``) calibration).
     """
-    cal, info = fit_calibrator(decision["val"], y["val"], method=method, folds=folds, seed=seed)
+    cal, info = fit_calibrator(decision[fit_on], y[fit_on], method=method, folds=folds, seed=seed)
+    splits = [s for s in decision if s not in ("val", "cv")]
+    splits = ([s for s in ("train", "val", "cv") if s in decision]
+              + [s for s in ("test", "distinct") if s in splits]
+              + [s for s in splits if s not in ("train", "test", "distinct")])
     summary = {"method": info["method"], "reason": info["reason"], "folds": folds,
+               "fitted_on": fit_on,
                "cv_brier": {k: (None if v is None else round(v, 6)) for k, v in info["cv_brier"].items()},
                "ece_bins": n_bins,
-               "splits": evaluate(decision, y, cal, n_bins=n_bins,
-                                  splits=[s for s in ("train", "val", "test", "distinct") if s in decision])}
+               "splits": evaluate(decision, y, cal, n_bins=n_bins, splits=splits, fit_on=fit_on)}
+    if fit_on == "cv" and info["oof"] is not None and fit_on in summary["splits"]:
+        p = info["oof"]
+        summary["splits"][fit_on]["calibrated"] = {"ece": round(ece(p, y[fit_on], n_bins=n_bins), 5),
+                                                   "brier": round(brier(p, y[fit_on]), 5)}
+        summary["splits"][fit_on]["calibrated_is"] = "out-of-fold"
     return cal, info, summary
 
 

@@ -17,11 +17,17 @@ Two kinds of evidence, each with a reason a person can read:
   ``text``   a text slide: one background colour covers >= 60% of the thumbnail, >= 80% of the
              pixels lie on the line between two colours, and the foreground forms >= 5 rows
              separated by empty rows, with short strokes (glyphs) rather than long lines.
-* the CNN features the classifier already uses: the mean cosine distance to the ``k`` nearest
-  training images. The threshold is a high quantile of the same distance for train and val
-  images measured *with their own group left out* (a stand-in for series never seen in
-  training), taken separately for colour and grayscale images (grayscale inputs are compared
-  with grayscale training images, which are few and distinct).
+* the CNN features the classifier already uses, in two ways, each with a threshold at a high
+  quantile of the same score for the reference (train + val) images measured *with their own
+  group left out* (a stand-in for series never seen in training):
+  ``unlike the training images``  the mean cosine distance to the ``k`` nearest reference
+             images (quantile 0.999: only farther than almost every unseen-series image);
+  ``outside the anime subspace``  the part of the (unit-length) feature vector that the
+             ``subspace`` (8) main directions of the reference features do not explain (PCA
+             residual; quantile 0.998). Anime of a series never seen varies along the directions
+             other anime vary along; photographs do not. On the shared sets this keeps 98-99%
+             of unseen-series episode frames in domain where the distance alone flagged 11%
+             (docs/trust.md has the numbers).
 * both at once, where neither alone is enough: an image statistic that drawings rarely show,
   together with a feature distance above a *weak* threshold (the ``weak_quantile`` = 10%
   quantile of the same leave-group-out distances, i.e. farther from the training set than the
@@ -32,6 +38,10 @@ Two kinds of evidence, each with a reason a person can read:
   ``palette graphic`` the 8 most common exact colours cover >= ``palette_cover`` (90%) of the
              pixels: masks, patterns, charts and diagrams (filmed or drawn frames spread over
              hundreds of colours).
+  ``grayscale photo`` grayscale, with a feature distance above the ``gray_quantile`` (85%)
+             quantile of the reference distances: TV anime frames are in colour (3.5% of the
+             shared episode frames are grayscale, nearly all close to training images), while
+             photographs, scans and scientific images often are not.
   On the shared set, the anime images that pass either statistic are plain 64 px patches, all
   close to training images (distance <= 0.75, weak threshold 0.80); among anime images above the
   weak threshold the largest palette share is 0.82 and the fewest sharp-edge pixels of a
@@ -56,6 +66,8 @@ import numpy as np
 STAT_NAMES = ("min_side", "resid", "autocorr", "chroma", "top", "twotone", "bands", "strokes",
               "ramp", "edge", "palette")
 STATS_VERSION = 5
+# The guard's array-valued parts (saved in the model's npz, not its JSON).
+ARRAY_KEYS = ("train", "subspace_mean", "subspace_components")
 _THUMB = 128
 
 
@@ -238,7 +250,9 @@ class OODGuard:
         noise_autocorr: below this lag-1 autocorrelation the image is ``noise``.
         gray_chroma: mean (max - min) over RGB below which an image counts as grayscale.
         k: neighbours for the feature distance.
-        quantile: of the leave-group-out distances of train + val images, used as threshold.
+        quantile: of the leave-group-out distances of train + val images, used as threshold
+            (0.999: on unseen series the distances run higher than on the reference, and 0.95
+            flagged 11% of real episode frames).
         text: on/off for the text-slide test.
         soft_edge: grayscale images with fewer sharp-edge pixels than this share (no ink lines)
             are ``soft grayscale`` when their feature distance is also above the weak threshold.
@@ -246,6 +260,11 @@ class OODGuard:
             the pixels are a ``palette graphic`` when their feature distance is also above the
             weak threshold.
         weak_quantile: quantile of the same reference distances that sets the weak threshold.
+        gray_quantile: quantile of the reference distances above which a grayscale image is a
+            ``grayscale photo``.
+        subspace: main directions (PCA components) of the reference features; 0 turns the
+            ``outside the anime subspace`` test off.
+        subspace_quantile: quantile of the reference residuals used as that test's threshold.
         max_weak_rate: a two-evidence test that flags more than this share of the reference
             (train + val, own group left out) images is turned off at fit time (``weak_off``);
             0.02 is the false-flag budget of the whole guard.
@@ -257,17 +276,24 @@ class OODGuard:
     noise_autocorr: float = 0.3
     gray_chroma: float = 2.0
     k: int = 5
-    quantile: float = 0.95
+    quantile: float = 0.999
     text: bool = True
     soft_edge: float = 0.05
     palette_cover: float = 0.9
     weak_quantile: float = 0.1
+    gray_quantile: float = 0.85
+    subspace: int = 8
+    subspace_quantile: float = 0.998
     max_weak_rate: float = 0.02
     weak_off: list = field(default_factory=list)
     weak_rates: dict = field(default_factory=dict)
     train: np.ndarray | None = field(default=None, repr=False)  # (n, d) float16, unit rows
+    subspace_mean: np.ndarray | None = field(default=None, repr=False)  # (d,) float32
+    subspace_components: np.ndarray | None = field(default=None, repr=False)  # (subspace, d)
     thresholds: dict = field(default_factory=dict)
     info: dict = field(default_factory=dict)
+    # The reference images' own leave-group-out scores (distance, residual), set by fit, not saved.
+    reference_scores: tuple | None = field(default=None, repr=False, compare=False)
 
     # -- feature distance ------------------------------------------------------------------------
     def distance(self, X, *, exclude: np.ndarray | None = None) -> np.ndarray:
@@ -291,13 +317,24 @@ class OODGuard:
             out[start:start + 512] = np.sqrt(np.maximum(2.0 - 2.0 * top, 0.0)).mean(1)
         return out
 
+    def residual(self, X) -> np.ndarray:
+        """Length of the part of each unit-length feature row outside the reference's main
+        directions (PCA residual), (n,); zeros when the subspace test is off."""
+        if self.subspace_components is None or not len(X):
+            return np.zeros(len(X))
+        Z = _unit(X) - np.asarray(self.subspace_mean, np.float32)
+        V = np.asarray(self.subspace_components, np.float32)
+        return np.linalg.norm(Z - (Z @ V.T) @ V, axis=1).astype(np.float64)
+
     def fit(self, X_train, *, groups_train=None, gray_train=None, X_val=None, groups_val=None,
             gray_val=None, stats_train=None, stats_val=None) -> "OODGuard":
-        """Store the training features and set the distance thresholds.
+        """Store the training features and set the thresholds.
 
-        Reference distances: every train and val image's distance to the training images of
-        *other* groups (when there are at least 3 groups; otherwise to the other images), so the
-        threshold reflects images of series the classifier has not seen.
+        Reference scores: every train and val image's distance to the training images of
+        *other* groups, and its residual outside the main directions of the other groups'
+        features (when there are at least 3 groups; otherwise leave-one-out distances and
+        10-fold residuals), so the thresholds reflect images of series the classifier has not
+        seen. They are kept in ``reference_scores`` (see :meth:`reference_flags`).
         """
         self.train = _unit(X_train).astype(np.float16)
         X_ref = np.asarray(X_train) if X_val is None else np.concatenate([X_train, X_val])
@@ -310,7 +347,8 @@ class OODGuard:
             gray_ref[:n_tr] = gray_train
         if X_val is not None and gray_val is not None:
             gray_ref[n_tr:] = gray_val
-        if len(set(g_tr.tolist())) >= 3:
+        by_group = len(set(g_tr.tolist())) >= 3
+        if by_group:
             exclude = g_ref[:, None] == g_tr[None, :]
             how = "leave-group-out"
         else:
@@ -319,6 +357,8 @@ class OODGuard:
             how = "leave-one-out"
         d = self.distance(X_ref, exclude=exclude)
         d = np.where(np.isfinite(d), d, np.nan)
+        r = self._fit_subspace(X_ref, g_ref if by_group else None)
+        self.reference_scores = (d, r)
         colour = d[~gray_ref]
         self.thresholds = {"colour": float(np.nanquantile(colour, self.quantile))}
         n_gray = int(np.sum(gray_ref))
@@ -329,6 +369,9 @@ class OODGuard:
         # Weak evidence: farther from the training set than this share of unseen-series images.
         # Used only together with an image statistic (soft grayscale, palette graphic).
         self.thresholds["weak"] = float(np.nanquantile(d, self.weak_quantile))
+        self.thresholds["mid"] = float(np.nanquantile(d, self.gray_quantile))
+        if self.subspace_components is not None:
+            self.thresholds["residual"] = float(np.quantile(r, self.subspace_quantile))
         # The two-evidence tests must stay rare on the reference images themselves (a training set
         # of flat-colour cartoons or grayscale photos would otherwise be flagged): measured here
         # when the statistics are given, and a test whose rate exceeds max_weak_rate is turned off.
@@ -338,8 +381,8 @@ class OODGuard:
             if X_val is not None and stats_val is not None:
                 S = np.concatenate([S, np.atleast_2d(np.asarray(stats_val, np.float64))])
             if len(S) == len(d) and S.shape[1] >= 11:
-                far = d > self.thresholds["weak"]
-                self.weak_rates = {k: float(np.mean(far & hit)) for k, hit in self._weak_hits(S).items()}
+                self.weak_rates = {k: float(np.mean((d > self.thresholds[t]) & hit))
+                                   for k, (hit, t) in self._weak_hits(S).items()}
                 self.weak_off = sorted(k for k, r in self.weak_rates.items() if r > self.max_weak_rate)
         self.info = {"reference": how, "n_reference": int(len(d)), "n_gray_reference": n_gray,
                      "k": self.k, "quantile": self.quantile,
@@ -347,13 +390,47 @@ class OODGuard:
                                              for q in (0.1, 0.25, 0.5, 0.9, 0.95, 0.99)}}
         return self
 
+    def _fit_subspace(self, X_ref, groups) -> np.ndarray:
+        """Fit the main directions of the reference features; return each reference image's
+        residual from directions fitted without its group (10 group folds; 10 plain folds
+        when ``groups`` is None), (n,)."""
+        from sklearn.model_selection import GroupKFold, KFold
+
+        U = _unit(X_ref).astype(np.float64)
+        n_comp = min(int(self.subspace), len(U) - 1, U.shape[1])
+        if n_comp < 1:
+            self.subspace_mean = self.subspace_components = None
+            return np.zeros(len(U))
+
+        def directions(A):
+            mu = A.mean(0)
+            return mu, np.linalg.svd(A - mu, full_matrices=False)[2][:n_comp]
+
+        def resid(Q, mu, V):
+            Z = Q - mu
+            return np.linalg.norm(Z - (Z @ V.T) @ V, axis=1)
+
+        r = np.zeros(len(U))
+        if groups is not None:
+            n_f = min(10, len(set(np.asarray(groups).tolist())))
+            folds = GroupKFold(n_f).split(U, groups=groups)
+        else:
+            folds = KFold(min(10, len(U)), shuffle=True, random_state=0).split(U)
+        for tr, te in folds:
+            r[te] = resid(U[te], *directions(U[tr]))
+        mu, V = directions(U)
+        self.subspace_mean, self.subspace_components = mu.astype(np.float32), V.astype(np.float32)
+        return r
+
     # -- decisions --------------------------------------------------------------------------------
-    def _weak_hits(self, S) -> dict[str, np.ndarray]:
-        """Which rows of (n, >= 11) statistics pass each two-evidence test's image statistic
-        (the feature-distance half is checked by the caller)."""
+    def _weak_hits(self, S) -> dict[str, tuple[np.ndarray, str]]:
+        """Which rows of (n, >= 11) statistics pass each two-evidence test's image statistic,
+        with the name of the distance threshold it needs as well (checked by the caller)."""
         S = np.atleast_2d(S)
-        return {"soft grayscale": (S[:, 3] < self.gray_chroma) & (S[:, 9] < self.soft_edge),
-                "palette graphic": S[:, 10] >= self.palette_cover}
+        gray = S[:, 3] < self.gray_chroma
+        return {"soft grayscale": (gray & (S[:, 9] < self.soft_edge), "weak"),
+                "palette graphic": (S[:, 10] >= self.palette_cover, "weak"),
+                "grayscale photo": (gray, "mid")}
 
     def flags(self, X, stats) -> tuple[np.ndarray, list[str | None], np.ndarray]:
         """Decide for each image.
@@ -368,10 +445,23 @@ class OODGuard:
         """
         stats = np.atleast_2d(np.asarray(stats, np.float64))
         dist = self.distance(X) if self.train is not None and len(X) else np.zeros(len(stats))
-        reasons = [self._reason(s, float(d)) for s, d in zip(stats, dist)]
-        return np.array([r is not None for r in reasons], bool), reasons, dist
+        res = self.residual(X) if len(X) else np.zeros(len(stats))
+        return self._decide(stats, dist, res)
 
-    def _reason(self, s, d: float) -> str | None:
+    def reference_flags(self, stats_ref) -> tuple[np.ndarray, list[str | None], np.ndarray]:
+        """:meth:`flags` for the reference images themselves (train then val, as given to
+        :meth:`fit`), each scored with its own group left out: the false-flag rate on series
+        the guard has not seen. Needs the guard fitted in this process."""
+        if self.reference_scores is None:
+            raise ValueError("reference_flags needs the guard fitted in this process (fit)")
+        d, r = self.reference_scores
+        return self._decide(np.atleast_2d(np.asarray(stats_ref, np.float64)), d, r)
+
+    def _decide(self, stats, dist, res):
+        reasons = [self._reason(s, float(d), float(r)) for s, d, r in zip(stats, dist, res)]
+        return np.array([x is not None for x in reasons], bool), reasons, np.asarray(dist)
+
+    def _reason(self, s, d: float, res: float = 0.0) -> str | None:
         min_side, resid, ac, chroma, top, twotone, bands, strokes = s[:8]
         ramp = s[8] if len(s) > 8 else 0.0
         if min_side < self.min_side:
@@ -393,10 +483,16 @@ class OODGuard:
             if d > thr:
                 return (f"unlike the training images: feature distance {d:.3f} > {thr:.3f} "
                         f"({'grayscale' if gray else 'colour'} threshold)")
-            weak = self.thresholds.get("weak")
-            if weak is not None and len(s) >= 11 and d > weak:
+            rthr = self.thresholds.get("residual")
+            if rthr is not None and res > rthr:
+                return (f"outside the anime subspace: feature residual {res:.3f} > {rthr:.3f} "
+                        f"(the part of its CNN features that the training images' "
+                        f"{self.subspace} main directions do not explain)")
+            if len(s) >= 11:
+                hits = {k: bool(v[0]) and k not in self.weak_off and t in self.thresholds
+                        and d > self.thresholds[t] for k, (v, t) in self._weak_hits(s).items()}
                 edge, palette = s[9], s[10]
-                hits = {k: bool(v[0]) and k not in self.weak_off for k, v in self._weak_hits(s).items()}
+                weak, mid = self.thresholds.get("weak"), self.thresholds.get("mid")
                 if hits["soft grayscale"]:
                     return (f"soft grayscale: no ink lines ({edge:.1%} sharp-edge pixels < "
                             f"{self.soft_edge:.0%}) and feature distance {d:.3f} > {weak:.3f}: "
@@ -405,6 +501,10 @@ class OODGuard:
                     return (f"palette graphic: 8 exact colours cover {palette:.1%} of the pixels "
                             f"(drawn or filmed frames have hundreds) and feature distance {d:.3f} "
                             f"> {weak:.3f}: a mask, pattern, chart or diagram")
+                if hits["grayscale photo"]:
+                    return (f"grayscale photo: no colour and feature distance {d:.3f} > {mid:.3f} "
+                            f"(farther than {self.gray_quantile:.0%} of unseen-series training "
+                            f"images): anime frames are in colour")
         return None
 
     # -- persistence ------------------------------------------------------------------------------
@@ -414,21 +514,27 @@ class OODGuard:
                 "k": self.k, "quantile": self.quantile, "text": self.text,
                 "soft_edge": self.soft_edge, "palette_cover": self.palette_cover,
                 "weak_quantile": self.weak_quantile, "max_weak_rate": self.max_weak_rate,
+                "gray_quantile": self.gray_quantile, "subspace": self.subspace,
+                "subspace_quantile": self.subspace_quantile,
                 "weak_off": list(self.weak_off), "weak_rates": dict(self.weak_rates),
-                "train": self.train, "thresholds": dict(self.thresholds), "info": dict(self.info),
+                "train": self.train, "subspace_mean": self.subspace_mean,
+                "subspace_components": self.subspace_components,
+                "thresholds": dict(self.thresholds), "info": dict(self.info),
                 "stats_version": STATS_VERSION}
 
     @classmethod
     def from_dict(cls, d: dict) -> "OODGuard":
         keys = ("min_side", "flat_resid", "ramp_ratio", "noise_autocorr", "gray_chroma", "k", "quantile", "text",
                 "soft_edge", "palette_cover", "weak_quantile", "max_weak_rate", "weak_off", "weak_rates",
-                "train", "thresholds", "info")
+                "gray_quantile", "subspace", "subspace_quantile", "train", "subspace_mean",
+                "subspace_components", "thresholds", "info")
         return cls(**{k: d[k] for k in keys if k in d})
 
     def describe(self) -> dict:
         """The guard's settings and fitted thresholds (for JSON)."""
         d = self.to_dict()
-        d.pop("train")
+        for k in ARRAY_KEYS:
+            d.pop(k)
         d["n_train"] = 0 if self.train is None else int(len(self.train))
         return d
 

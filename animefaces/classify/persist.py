@@ -335,11 +335,12 @@ def check_answers(model: TrainedModel, *, where) -> None:
     if ood:
         if not isinstance(ood, dict):
             bad("extras.ood", type(ood).__name__, "a table of the guard's settings")
-        for name, v in _walk_numbers({k: v for k, v in ood.items() if k not in ("info", "train")},
+        arrays = ("train", "subspace_mean", "subspace_components")
+        for name, v in _walk_numbers({k: v for k, v in ood.items() if k not in ("info", *arrays)},
                                      "extras.ood"):
             if not np.isfinite(v):
                 bad(name, v, "a finite number")
-        for k in ("quantile", "weak_quantile", "max_weak_rate"):
+        for k in ("quantile", "weak_quantile", "max_weak_rate", "gray_quantile", "subspace_quantile"):
             if k in ood and not (_finite(ood[k]) and 0.0 <= ood[k] <= 1.0):
                 bad(f"extras.ood.{k}", ood[k], "a number in [0, 1]")
         if "k" in ood and not (isinstance(ood["k"], int) and not isinstance(ood["k"], bool)
@@ -352,6 +353,16 @@ def check_answers(model: TrainedModel, *, where) -> None:
             if t.ndim != 2 or (d is not None and t.shape[1] != d) or not np.isfinite(t).all():
                 bad("extras.ood.train", f"{t.dtype} {t.shape}",
                     f"finite reference features of shape (n, {d if d is not None else 'd'})")
+        mean, comps = ood.get("subspace_mean"), ood.get("subspace_components")
+        if (mean is None) != (comps is None):
+            bad("extras.ood.subspace_mean/components", "one of them", "both or neither")
+        if mean is not None:
+            mu, V = np.asarray(mean), np.asarray(comps)
+            width = d if d is not None else mu.shape[-1]
+            if (mu.shape != (width,) or V.ndim != 2 or V.shape[1] != width
+                    or not (np.isfinite(mu).all() and np.isfinite(V).all())):
+                bad("extras.ood.subspace", f"{mu.shape} / {V.shape}",
+                    f"a finite mean of shape ({width},) and components of shape (k, {width})")
     meta = model.meta
     task = meta.get("task", "face")
     if task not in ("face", "character"):

@@ -35,9 +35,12 @@ class FrameScore:
         time_s: display time in seconds from the start of the video.
         frame_index: the frame's number in the video (see :class:`animefaces.data.video.Frame`).
         p_face: P(face) in [0, 1] from the classifier.
-        label: the classifier's own label at its threshold (``face`` / ``no_face``); ranges use
-            the ``on`` / ``off`` thresholds instead.
+        label: the classifier's own label at its threshold (``face`` / ``no_face``, ``unsure``,
+            ``out_of_domain``; see :func:`video_frame_label`); ranges use the ``on`` / ``off``
+            thresholds instead.
         frame_type: ``sec`` (a 1/fps tick) or ``key`` (a key frame, ``keyframes=True``).
+        reason: why a frame is ``no_face`` without the SVM (a blank / fade frame), or why it is
+            ``out_of_domain``; empty otherwise.
     """
 
     time_s: float
@@ -45,6 +48,23 @@ class FrameScore:
     p_face: float
     label: str
     frame_type: str = "sec"
+    reason: str = ""
+
+
+# The out-of-domain guard's image-content tests (see animefaces.classify.ood). Given as a still
+# image, a blank, gradient, noise or text-slide picture is not an anime frame; inside a video it is
+# a fade, a blank or title card between shots, and has no face.
+NO_PICTURE = ("flat", "ramp", "noise", "text slide")
+
+
+def video_frame_label(pred) -> tuple[str, str]:
+    """(label, reason) of a video frame from its :class:`~animefaces.api.Prediction`: a frame
+    the guard flags only for having no picture (blank, fade, plain gradient, noise, text card)
+    is ``no_face`` with that reason; other out-of-domain frames keep their label and reason."""
+    why = getattr(pred, "ood_reason", None) or ""
+    if getattr(pred, "out_of_domain", False) and why.split(":")[0] in NO_PICTURE:
+        return "no_face", f"blank / fade / card frame ({why})"
+    return str(pred.label), why
 
 
 def check_thresholds(on, off) -> None:

@@ -220,12 +220,14 @@ FLAG_NEAR_MAJORITY = "near_majority"
 
 
 def degenerate_flags(result: FitResult, y: dict[str, np.ndarray], *, one_class: float = 0.95,
-                     balanced: float = 0.4, margin: float = 0.05) -> tuple[list[str], dict]:
+                     balanced: float = 0.4, margin: float = 0.05,
+                     on: str = "val") -> tuple[list[str], dict]:
     """Flags for a model that has learnt (almost) nothing.
 
     ``one_class``: on some balanced split (the rarer label is at least ``balanced`` of it) the
     model predicts one class for at least ``one_class`` of the images. ``near_majority``: its
-    val accuracy is within ``margin`` of always answering the majority label of val.
+    accuracy on ``on`` (``val``, or ``cv``: held-out groups) is within ``margin`` of always
+    answering the majority label there.
 
     Returns:
         (flags, details) with the evidence for each flag.
@@ -241,12 +243,12 @@ def degenerate_flags(result: FitResult, y: dict[str, np.ndarray], *, one_class: 
                 flags.append(FLAG_ONE_CLASS)
             details.setdefault(FLAG_ONE_CLASS, []).append(
                 {"split": split, "predicted_face": round(rate, 4), "actual_face": round(pos, 4)})
-    if "val" in result.accuracy and y.get("val") is not None and len(y["val"]):
-        majority = float(max(np.mean(y["val"] == 1), np.mean(y["val"] == 0)))
-        if result.accuracy["val"] <= majority + margin:
+    if on in result.accuracy and y.get(on) is not None and len(y[on]):
+        majority = float(max(np.mean(y[on] == 1), np.mean(y[on] == 0)))
+        if result.accuracy[on] <= majority + margin:
             flags.append(FLAG_NEAR_MAJORITY)
-            details[FLAG_NEAR_MAJORITY] = {"val_accuracy": round(result.accuracy["val"], 4),
-                                           "val_majority_rate": round(majority, 4)}
+            details[FLAG_NEAR_MAJORITY] = {f"{on}_accuracy": round(result.accuracy[on], 4),
+                                           f"{on}_majority_rate": round(majority, 4)}
     return flags, details
 
 

@@ -56,6 +56,9 @@ def cmd_sweep(args) -> int:
                                   "--ray` first (the character sweep then finds the features "
                                   "cached), then the sweep without --ray")
 
+        if args.train_also:
+            raise AnimeFacesError("--train-also works with --task face only; merge the data sets "
+                                  "into one manifest for the character task")
         if args.allow_outside_paths:  # not silently ignored: character.py does not take it yet
             raise AnimeFacesError("--allow-outside-paths works with --task face only for now; move "
                                   "the images under the manifest's folder for the character task")
@@ -85,7 +88,7 @@ def cmd_sweep(args) -> int:
                         skip_bad=True if args.skip_bad else None, precision=args.precision,
                         pooling=args.pooling, batch_size=args.batch_size,
                         allow_outside=args.allow_outside_paths, set_best=args.set_best,
-                        progress=not args.quiet, ray=ray)
+                        progress=not args.quiet, ray=ray, train_also=args.train_also)
     print(_sweep_summary(res.results, res.run_dir))
     return 0
 
@@ -97,9 +100,11 @@ def _sweep_summary(results: dict, run_dir) -> str:
 
     best = results["best"]
     acc = best.get("accuracy", {})
-    lines = [f"Chosen on val: {best['backbone']} {best['kernel']} ("
+    on = "held-out groups" if results.get("selected_on") == "cv" else "val"
+    lines = [f"Chosen on {on}: {best['backbone']} {best['kernel']} ("
              + ", ".join(f"{k}={v}" for k, v in best.get("params", {}).items()) + ")",
-             "  accuracy: " + ", ".join(f"{s} {a:.3f}" for s, a in acc.items())]
+             "  accuracy: " + ", ".join(f"{'new groups (CV)' if s == 'cv' else s} {a:.3f}"
+                                        for s, a in acc.items())]
     if results.get("runtime"):
         lines.append("  features: " + runtime_line(results["runtime"]))
     skipped = [n for n, i in results.get("backbones", {}).items() if i.get("status") != "ok"]
@@ -149,10 +154,17 @@ def register(sub) -> None:
 
     s = sub.add_parser("sweep", help="train the SVM grid and write Table 1 / Table 2",
                        description="Extract what is missing, fit the SVM grid for every backbone "
-                                   "whose weights are available, choose the best on val, save it "
+                                   "whose weights are available, choose the best on held-out "
+                                   "groups (group cross-validation over train + val; val when "
+                                   "there are fewer than 3 groups), save it "
                                    "under models/ and write Table 1 / Table 2 (Markdown, CSV) and "
                                    "results.json into a run folder under reports/.")
     s.add_argument("--data", required=True, help="manifest CSV or folder tree")
+    s.add_argument("--train-also", action="append", default=None, metavar="DATA",
+                   help="face task: another labelled data set (manifest or folder tree) whose "
+                        "every image joins train, its splits ignored (repeatable); images of a "
+                        "group --data measures as unseen (distinct, evaluation-only splits) are "
+                        "left out, and report.md gives the held-out-group numbers per data set")
     s.add_argument("--config", default=None,
                    help="TOML config, or a built-in name: default, paper (default: configs/default.toml)")
     s.add_argument("--backbones", default=None, help="comma-separated backbones (overrides the config)")

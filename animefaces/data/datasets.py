@@ -6,7 +6,14 @@ Two layouts are accepted:
   paths are relative to the CSV's folder and stay inside it (absolute paths and ``../`` that
   leave it are refused unless ``allow_outside=True``: a manifest from elsewhere must not make
   the tool open and hash any file it names);
-* a folder tree: ``ROOT/face/``, ``ROOT/no_face/``, optionally under ``ROOT/{train,val,test,distinct}/``.
+* a folder tree: ``ROOT/face/``, ``ROOT/no_face/``, optionally under ``ROOT/{train,val,test,distinct}/``;
+  an image's group is its sub-folder under the class folder (``face/SERIES/x.jpg``), else the
+  source video of a frame or crop written by ``animefaces frames`` / ``crops``
+  (``VIDEO-sec-12.jpg``), else none.
+
+Splits other than ``train``, ``val``, ``test`` and ``distinct`` in a manifest (e.g. the shared
+``anime-episodes`` set's ``episodes``) are evaluation-only: measured and reported like
+``distinct``, never trained or chosen on (a note says so, which also shows a typo).
 
 Problems (missing files, unknown labels or splits, duplicate paths, empty splits, a split that
 lacks a class) raise :class:`DatasetError` naming the rows or folders and the fix.
@@ -17,6 +24,7 @@ from __future__ import annotations
 import csv
 import os
 import random
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +33,11 @@ from ..errors import DatasetError
 
 FACE_LABELS = ("face", "no_face")
 SPLITS = ("train", "val", "test", "distinct")
+# Any other split name is an evaluation-only split (measured like distinct); it must be a plain
+# name, since it becomes a column, a JSON key and part of file names in the reports.
+_EXTRA_SPLIT = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+# Frames and crops written by `animefaces frames` / `crops`: VIDEO-sec-12.jpg, VIDEO-key-3-0.png
+_FRAME_NAME = re.compile(r"(.+)-(?:sec|key)-\d+(?:-\d+)?")
 _MAX_LISTED = 5
 
 
@@ -52,8 +65,16 @@ class Dataset:
 
     @property
     def splits(self) -> list[str]:
+        """The splits present: train, val, test, distinct in that order, then evaluation-only
+        ones (sorted)."""
         present = {r.split for r in self.records}
-        return [s for s in SPLITS if s in present]
+        return [s for s in SPLITS if s in present] + sorted(
+            s for s in present if s is not None and s not in SPLITS)
+
+    @property
+    def extra_splits(self) -> list[str]:
+        """Evaluation-only splits (names other than train / val / test / distinct)."""
+        return [s for s in self.splits if s not in SPLITS]
 
     def counts(self) -> dict[str, dict[str, int]]:
         """{split: {label: count}} in stable order."""
@@ -105,6 +126,25 @@ def load_dataset(data: os.PathLike | str, *, labels: tuple[str, ...] | None = FA
     return ds
 
 
+# Names that mean one of SPLITS: refused rather than taken as an evaluation-only split, which
+# would silently keep their images out of training.
+_ALIASES = {"training": "train", "trn": "train", "validation": "val", "valid": "val",
+            "dev": "val", "testing": "test", "tst": "test"}
+
+
+def _meant_split(name: str) -> str | None:
+    """The split of :data:`SPLITS` that ``name`` looks like a variant or typo of, or None."""
+    import difflib
+
+    low = name.lower()
+    if low in SPLITS:
+        return low
+    if low in _ALIASES:
+        return _ALIASES[low]
+    close = difflib.get_close_matches(low, SPLITS, n=1, cutoff=0.75)
+    return close[0] if close else None
+
+
 def _outside(root: Path, rel: str) -> bool:
     """True when manifest path ``rel`` names a file outside ``root`` (judged on the text, as
     written: a symlinked images/ folder inside the data folder is the user's own choice)."""
@@ -143,13 +183,17 @@ def _read_manifest(csv_path: Path, labels, *, allow_outside: bool = False) -> Da
             outside.append(f"line {lineno}: {rel}")
         split = (row.get("split") or "").strip() or None
         if split is not None and split not in SPLITS:
-            bad_split.append(f"line {lineno}: {split!r}")
+            meant = _meant_split(split)
+            if meant or not _EXTRA_SPLIT.fullmatch(split):
+                bad_split.append(f"line {lineno}: {split!r}"
+                                 + (f" (did you mean {meant!r}?)" if meant else ""))
         group = (row.get("group") or "").strip() or None
         label = (row.get("label") or "").strip() or None
         records.append((lineno, Record(path=(root / rel), label=label, split=split, group=group)))
     if bad_split:
-        raise DatasetError(f"{csv_path}: unknown split(s) {_listed(bad_split)}; "
-                           f"use one of {', '.join(SPLITS)} (or leave it empty)")
+        raise DatasetError(f"{csv_path}: unknown split(s) {_listed(bad_split)}; use one of "
+                           f"{', '.join(SPLITS)}, an evaluation-only name of letters, digits, "
+                           f"'_', '-', '.' (e.g. episodes), or leave it empty")
     if outside and not allow_outside:
         raise DatasetError(f"{csv_path}: {len(outside)} path(s) outside the manifest's folder "
                            f"{root}: {_listed(outside)}; paths are relative to the CSV's folder "
@@ -158,6 +202,11 @@ def _read_manifest(csv_path: Path, labels, *, allow_outside: bool = False) -> Da
     _check_rows(csv_path, records, labels)
     notes = ([f"{len(outside)} manifest path(s) outside the manifest's folder, allowed "
               f"(--allow-outside-paths): {_listed(outside)}"] if outside else [])
+    extra = sorted({r.split for _, r in records if r.split and r.split not in SPLITS})
+    if extra:
+        notes.append(f"evaluation-only split(s) {', '.join(extra)} (not one of "
+                     f"{', '.join(SPLITS)}): measured and reported like distinct, never "
+                     f"trained or chosen on")
     return Dataset(records=[r for _, r in records], source=str(csv_path), layout="manifest",
                    notes=notes)
 
@@ -233,8 +282,20 @@ def _class_folders(folder: Path, labels, split) -> list[Record]:
                            f"them into {'/ or '.join(classes)}/")
     out = []
     for c in classes:
-        out.extend(Record(path=p, label=c, split=split) for p in _files_in(folder / c))
+        out.extend(Record(path=p, label=c, split=split, group=_folder_group(folder / c, p))
+                   for p in _files_in(folder / c))
     return out
+
+
+def _folder_group(class_dir: Path, path: Path) -> str | None:
+    """The group of an image in a folder tree: its first sub-folder under the class folder
+    (``face/SERIES/x.jpg`` -> ``SERIES``), else the source video of a frame or crop written by
+    ``animefaces frames`` / ``crops`` (``VIDEO-sec-12.jpg`` -> ``VIDEO``), else None."""
+    rel = path.relative_to(class_dir)
+    if len(rel.parts) > 1:
+        return rel.parts[0]
+    m = _FRAME_NAME.fullmatch(path.stem)
+    return m.group(1) if m else None
 
 
 def _validate(ds: Dataset, labels) -> None:
@@ -354,3 +415,41 @@ def records_from_paths(inputs, *, recursive: bool = True,
         else:
             problem(p, "no such file or folder")
     return paths
+
+
+def with_extra_training(ds: Dataset, extra: list[Dataset]) -> tuple[Dataset, dict[str, list[Path]]]:
+    """``ds`` with every image of the ``extra`` data sets added to its train split (their own
+    splits ignored), for training on more series than one data set has.
+
+    Images of a group that ``ds`` evaluates on (its distinct and evaluation-only splits: anime
+    never seen in training) are left out, so those splits stay unseen; a note names how many.
+    Groups shared with ``ds``'s own train / val / test are the same series, and join them.
+
+    Returns:
+        (the merged data set, {extra source: paths added from it}).
+
+    Raises:
+        DatasetError: an extra image is already in ``ds``, or an extra data set has no labels.
+    """
+    unseen = {r.group for r in ds.records
+              if r.group and (r.split == "distinct" or r.split not in SPLITS)}
+    have = {Path(os.path.normpath(r.path)) for r in ds.records}
+    records = list(ds.records)
+    notes = list(ds.notes)
+    added: dict[str, list[Path]] = {}
+    for e in extra:
+        dup = [str(r.path) for r in e.records if Path(os.path.normpath(r.path)) in have]
+        if dup:
+            raise DatasetError(f"{e.source}: {len(dup)} image(s) already in {ds.source}: "
+                               f"{_listed(dup)}; give each data set once")
+        keep = [r for r in e.records if not (r.group and r.group in unseen)]
+        left = len(e.records) - len(keep)
+        records += [Record(path=r.path, label=r.label, split="train", group=r.group) for r in keep]
+        added[e.source] = [r.path for r in keep]
+        have |= {Path(os.path.normpath(r.path)) for r in keep}
+        notes.append(f"{len(keep)} image(s) of {e.source} added to train (its splits ignored)"
+                     + (f"; {left} left out: their group is in a split measured as unseen "
+                        f"(distinct or evaluation-only)" if left else ""))
+    out = Dataset(records=records, source=ds.source, layout=ds.layout, notes=notes)
+    _validate(out, FACE_LABELS)
+    return out, added

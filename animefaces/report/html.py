@@ -29,7 +29,16 @@ from ..errors import AnimeFacesError, BadImageError
 from .tables import runtime_line
 
 SPLIT_ORDER = ("train", "val", "test", "distinct")
-COLOURS = {"train": "#7f7f7f", "val": "#1f77b4", "test": "#2ca02c", "distinct": "#d62728"}
+COLOURS = {"train": "#7f7f7f", "val": "#1f77b4", "test": "#2ca02c", "distinct": "#d62728",
+           "new groups (CV)": "#9467bd"}
+_MORE_COLOURS = ("#ff7f0e", "#8c564b", "#e377c2", "#17becf", "#bcbd22")
+
+
+def _colour(split: str) -> str:
+    """The split's colour; evaluation-only splits get the next free ones (stable by name)."""
+    if split in COLOURS:
+        return COLOURS[split]
+    return _MORE_COLOURS[sum(map(ord, split)) % len(_MORE_COLOURS)]
 
 
 def _esc(x) -> str:
@@ -41,6 +50,10 @@ def _by_split(d: dict) -> list:
     written with sorted keys, so the file and the in-memory document order them differently)."""
     rank = {s: i for i, s in enumerate(SPLIT_ORDER)}
     return sorted(d.items(), key=lambda kv: (rank.get(kv[0], len(rank)), str(kv[0])))
+
+
+def _split_label(s) -> str:
+    return "new groups (CV)" if s == "cv" else str(s)
 
 
 def _by_count(d: dict) -> list:
@@ -109,7 +122,8 @@ def _img(fig, alt: str) -> str:
 
 def _splits(pred) -> list[str]:
     present = set(pred["split"].tolist()) if len(pred.get("split", [])) else set()
-    return [s for s in SPLIT_ORDER if s in present]
+    return [s for s in SPLIT_ORDER if s in present] + sorted(
+        str(s) for s in present if s not in SPLIT_ORDER)
 
 
 def fig_confusion(pred, splits) -> str:
@@ -145,9 +159,9 @@ def fig_roc_pr(pred, splits) -> str:
         if len(set(y.tolist())) < 2:
             continue
         fpr, tpr, _ = roc_curve(y, p)
-        ax1.plot(fpr, tpr, color=COLOURS[s], label=f"{s} AUC {roc_auc_score(y, p):.4f}")
+        ax1.plot(fpr, tpr, color=_colour(s), label=f"{s} AUC {roc_auc_score(y, p):.4f}")
         prec, rec, _ = precision_recall_curve(y, p)
-        ax2.plot(rec, prec, color=COLOURS[s], label=f"{s} AP {average_precision_score(y, p):.4f}")
+        ax2.plot(rec, prec, color=_colour(s), label=f"{s} AP {average_precision_score(y, p):.4f}")
     ax1.plot([0, 1], [0, 1], ":", color="#999")
     ax1.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC (face = positive)")
     ax2.set(xlabel="recall", ylabel="precision", title="precision-recall")
@@ -187,22 +201,25 @@ def fig_risk_coverage(pred, splits, band=None) -> str:
 
     fig = _figure(6.4, 4)
     ax = fig.add_subplot(1, 1, 1)
-    for s in splits:
-        if s == "train":
-            continue
-        m = pred["split"] == s
-        p, y = pred["p"][m], pred["y"][m]
+    curves = [(s, pred["p"][pred["split"] == s], pred["y"][pred["split"] == s])
+              for s in splits if s != "train"]
+    if "cv_p" in pred:
+        # train + val scored by models that saw none of their group (the group cross-validation)
+        m = pred["cv_p"] != ""
+        if m.any():
+            curves.insert(0, ("new groups (CV)", pred["cv_p"][m].astype(np.float64), pred["y"][m]))
+    for s, p, y in curves:
         conf = np.maximum(p, 1 - p)
         order = np.argsort(-conf, kind="stable")
         err = ((p[order] >= 0.5).astype(int) != y[order])
         risk = np.cumsum(err) / np.arange(1, len(p) + 1)
         cov = np.arange(1, len(p) + 1) / len(p)
-        ax.plot(cov, risk, color=COLOURS[s], label=f"{s} (AURC {risk.mean():.4f})")
+        ax.plot(cov, risk, color=_colour(s), label=f"{s} (AURC {risk.mean():.4f})")
         if band is not None:
             lab = apply_band(p, band)
             ans = lab >= 0
             if ans.any():
-                ax.plot([ans.mean()], [np.mean(lab[ans] != y[ans])], "o", color=COLOURS[s])
+                ax.plot([ans.mean()], [np.mean(lab[ans] != y[ans])], "o", color=_colour(s))
     ax.set(xlabel="coverage (fraction answered, most confident first)",
            ylabel="risk (error rate among answered)", title="risk-coverage" +
            (" (dots: the abstain band)" if band is not None else ""))
@@ -344,7 +361,7 @@ def _trust_sections(results, pred, splits) -> str:
         out.append(f"<p>Band: {'off' if band is None else f'<b>unsure</b> when {_fmt(band[0], 4)} &lt; P(face) &lt; {_fmt(band[1], 4)}'}"
                    f" ({_esc(ab.get('how', ''))}).</p>")
         out.append(_table(["split", "coverage", "risk when answering", "risk answering all"],
-                          [[_esc(s), _fmt(v["coverage"]), _fmt(v["risk"], 4), _fmt(v["full_risk"], 4)]
+                          [[_esc(_split_label(s)), _fmt(v["coverage"]), _fmt(v["risk"], 4), _fmt(v["full_risk"], 4)]
                            for s, v in _by_split(ab["splits"])]))
     out.append(fig_risk_coverage(pred, splits, band))
     ood = trust.get("ood")
@@ -358,7 +375,7 @@ def _trust_sections(results, pred, splits) -> str:
                    f"{_esc(ood['noise_autocorr'])}, text slides {'on' if ood.get('text') else 'off'}. "
                    f"Every image below is an anime image, so each flag is a false flag.</p>")
         out.append(_table(["split", "flagged", "rate", "by reason", "groups with most flags"],
-                          [[_esc(s), f"{_esc(v['flagged'])} / {_esc(v['n'])}", _fmt(v["rate"]),
+                          [[_esc(_split_label(s)), f"{_esc(v['flagged'])} / {_esc(v['n'])}", _fmt(v["rate"]),
                             _esc(", ".join(f"{k} {n}" for k, n in _by_count(v["by_reason"]))),
                             _esc(", ".join(f"{k} {n}" for k, n in _by_count(v.get("top_groups", {}))))]
                            for s, v in _by_split(ood["false_flags"])]))

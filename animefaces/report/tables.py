@@ -16,6 +16,7 @@ from pathlib import Path
 from .._io import atomic_write_bytes, atomic_write_json
 
 SPLITS = ("train", "val", "test", "distinct")
+CV = "cv"  # the held-out-group scores of the group cross-validation (a pseudo-split)
 # Table markers for the degenerate-model flags of results["fits"][i]["flags"] (footnotes explain).
 FLAG_MARKERS = {"one_class": "†", "near_majority": "‡"}
 
@@ -71,7 +72,8 @@ def table_rows(results: dict) -> list[dict]:
         rows.append({"backbone": f["backbone"], "kernel": f["kernel"],
                      "params": _params_str(f["params"]),
                      "random_weights": bool(info.get("random_weights")),
-                     **{s: f["accuracy"].get(s) for s in SPLITS},
+                     **{s: f["accuracy"].get(s) for s in SPLITS + (CV,)},
+                     "extra": {s: a for s, a in f["accuracy"].items() if s not in SPLITS + (CV,)},
                      "flags": [FLAG_MARKERS.get(x, x) for x in f.get("flags", [])],
                      "calibration": f.get("calibration")})
     return rows
@@ -91,30 +93,49 @@ def _name(r: dict) -> str:
 
 
 def _mark(r: dict, split: str, best: dict) -> str:
-    cell = _fmt(r.get(split))
+    cell = _fmt(_value(r, split))
     if best and r["backbone"] == best["backbone"] and r["kernel"] == best["kernel"]:
         cell = f"**{cell}**"
     return cell
 
 
+def _chosen_on(results: dict) -> str:
+    return "held-out groups" if results.get("selected_on") == CV else "val"
+
+
 def table1_markdown(results: dict) -> str:
     rows = table_rows(results)
     best = results.get("best") or {}
-    lines = ["| backbone | kernel | params (chosen on val) | train | val | test |",
-             "|---|---|---|---|---|---|"]
+    cv = any(r.get(CV) is not None for r in rows)
+    lines = [f"| backbone | kernel | params (chosen on {_chosen_on(results)}) | train | val | "
+             + ("new groups (CV) | " if cv else "") + "test |",
+             "|---|---|---|---|---|" + ("---|" if cv else "") + "---|"]
     for r in rows:
         flag = " " + " ".join(r["flags"]) if r["flags"] else ""
         lines.append(f"| {_name(r)} | {_md(r['kernel'])}{flag} | {_md(r['params'])} | {_mark(r, 'train', best)} "
-                     f"| {_mark(r, 'val', best)} | {_mark(r, 'test', best)} |")
+                     f"| {_mark(r, 'val', best)} | " + (f"{_mark(r, CV, best)} | " if cv else "")
+                     + f"{_mark(r, 'test', best)} |")
     return "\n".join(lines)
 
 
-def table2_markdown(results: dict) -> str:
+def _value(r: dict, split: str):
+    return r.get(split) if split in SPLITS + (CV,) else r["extra"].get(split)
+
+
+def table2_markdown(results: dict, split: str = "distinct") -> str:
+    """Accuracy on ``split`` (``distinct``, or an evaluation-only split) per kernel x backbone."""
     rows = table_rows(results)
     best = results.get("best") or {}
     backbones = list(dict.fromkeys(_name(r) for r in rows))
     kernels = list(dict.fromkeys(r["kernel"] for r in rows))
-    cell = {(_name(r), r["kernel"]): _mark(r, "distinct", best) + (" " + " ".join(r["flags"]) if r["flags"] else "")
+
+    def mark(r):
+        cell = _fmt(_value(r, split))
+        if best and r["backbone"] == best["backbone"] and r["kernel"] == best["kernel"]:
+            cell = f"**{cell}**"
+        return cell
+
+    cell = {(_name(r), r["kernel"]): mark(r) + (" " + " ".join(r["flags"]) if r["flags"] else "")
             for r in rows}
     lines = ["| kernel | " + " | ".join(backbones) + " |", "|---" * (len(backbones) + 1) + "|"]
     for k in kernels:
@@ -143,7 +164,7 @@ def summary_markdown(results: dict) -> str:
            f"- config: {_code(results['config_source'])}; feature scaling: **{_md(results['scaling'])}**",
            *([f"- features computed with: {_md(runtime_line(results['runtime']))}"]
              if results.get("runtime") else []),
-           f"- best on val (never test): **{_md(best.get('backbone'))} {_md(best.get('kernel'))}** "
+           f"- best on {_chosen_on(results)} (never test): **{_md(best.get('backbone'))} {_md(best.get('kernel'))}** "
            f"({_md(_params_str(best.get('params', {})))}) -> "
            + ", ".join(f"{_md(s)} {_fmt(a)}" for s, a in best.get("accuracy", {}).items()),
            f"- model: {_code(best.get('model'))}",
@@ -151,15 +172,26 @@ def summary_markdown(results: dict) -> str:
            f"SVM fits {_num(results['timings']['fit_seconds'], '.1f')} s, total {_num(results['timings'].get('total_seconds', 0), '.1f')} s"]
     for note in data.get("notes", []):
         out.append(f"- note: {_md(note)}")
+    gcv = results.get("group_cv")
+    if gcv:
+        out.append(f"- model selection and calibration: {_md(gcv['note'])}"
+                   + ("" if gcv.get("used") else " (fallback)"))
+        out.append(f"- groups: {_md(_groups_from(data))}")
     skipped = {n: i for n, i in results["backbones"].items() if i["status"] != "ok"}
     random_rows = [n for n, i in results["backbones"].items() if i.get("random_weights")]
     if random_rows:
         out.append(f"- **random weights** (explicit --weights random, for tests only): {_md(', '.join(random_rows))}")
     out += ["", "## Table 1: accuracy on train / val / test (derivative: same anime as training)", "",
             table1_markdown(results), ""]
+    if any(r.get(CV) is not None for r in table_rows(results)):
+        out += ["'new groups (CV)': each train / val image scored by a model fitted without its "
+                "group (series / source), the accuracy the kernel / C were chosen on.", ""]
     if any("distinct" in f["accuracy"] for f in results["fits"]):
         out += ["## Table 2: accuracy on the distinct set (anime never seen in training)", "",
                 table2_markdown(results), ""]
+    for split in extra_splits(results):
+        out += [f"## Table 2 ({_md(split)}): accuracy on the evaluation-only split {_md(split)} "
+                f"(never trained or chosen on)", "", table2_markdown(results, split), ""]
     if skipped:
         out += ["## Skipped backbones", ""]
         # the first sentence says what is missing and where it goes; the rest (where to get
@@ -167,8 +199,10 @@ def summary_markdown(results: dict) -> str:
         out += [f"- **{_md(n)}**: {_md(i['reason'].split('. ')[0].rstrip('.'))}" for n, i in skipped.items()]
         out += ["", "Where to get each file: `animefaces backbones -v`.", ""]
     if any(r.get("calibration") for r in table_rows(results)):
+        on = ("held-out groups; the new-groups column is out of fold"
+              if results.get("selected_on") == CV else "val")
         out += ["## Table 3: calibration of P(face) (ECE, 15 bins / Brier; before -> after; "
-                "calibrator fitted on val)", "", calibration_markdown(results), ""]
+                f"calibrator fitted on {on})", "", calibration_markdown(results), ""]
     out += trust_markdown(results)
     footnotes = results.get("footnotes") or []
     if footnotes:
@@ -180,12 +214,36 @@ def summary_markdown(results: dict) -> str:
     return "\n".join(out)
 
 
+def extra_splits(results: dict) -> list[str]:
+    """Evaluation-only splits measured by the sweep (names other than train / val / test /
+    distinct), in report order."""
+    seen: dict[str, None] = {}
+    for f in results["fits"]:
+        for s in f["accuracy"]:
+            if s not in SPLITS + (CV,):
+                seen.setdefault(s)
+    return list(seen)
+
+
+def _split_name(s: str) -> str:
+    return "new groups (CV)" if s == CV else _md(s)
+
+
+def _groups_from(data: dict) -> str:
+    if data.get("layout") == "folders":
+        return ("folder tree: an image's group is its sub-folder under the class folder, else "
+                "the source video of a frame / crop file name (VIDEO-sec-N.jpg)")
+    return "the manifest's group column (an image without one is a group of its own)"
+
+
 def calibration_markdown(results: dict) -> str:
-    """Table 3: per table row, ECE and Brier on test and distinct before -> after calibration."""
+    """Table 3: per table row, ECE and Brier on held-out groups (out of fold), test, distinct
+    and evaluation-only splits, before -> after calibration."""
     rows = [r for r in table_rows(results) if r.get("calibration")]
-    splits = [s for s in ("test", "distinct") if any(s in r["calibration"]["splits"] for r in rows)]
+    splits = [s for s in (CV, "test", "distinct", *extra_splits(results))
+              if any(s in r["calibration"]["splits"] for r in rows)]
     head = "| backbone | kernel | calibrator | " + " | ".join(
-        f"{s} ECE | {s} Brier" for s in splits) + " |"
+        f"{_split_name(s)} ECE | {_split_name(s)} Brier" for s in splits) + " |"
     lines = [head, "|---" * (3 + 2 * len(splits)) + "|"]
     for r in rows:
         c = r["calibration"]
@@ -214,8 +272,24 @@ def trust_markdown(results: dict) -> list[str]:
                 "| split | coverage | risk when answering | risk answering all | AURC |", "|---|---|---|---|---|"]
         for s, v in ab["splits"].items():
             rc = ab.get("risk_coverage", {}).get(s, {})
-            out.append(f"| {_md(s)} | {_fmt(v['coverage'])} | {_fmt4(v['risk'])} | {_fmt4(v['full_risk'])} "
+            out.append(f"| {_split_name(s)} | {_fmt(v['coverage'])} | {_fmt4(v['risk'])} | {_fmt4(v['full_risk'])} "
                        f"| {_fmt4(rc.get('aurc'))} |")
+        out.append("")
+        rc = ab.get("risk_coverage", {}).get(CV)
+        if rc and rc.get("coverage"):
+            out += ["Risk-coverage of held-out groups (train + val images scored by models that "
+                    "saw none of their group; the most confident answered first):", "",
+                    "| coverage | " + " | ".join(_fmt(c) for c in rc["coverage"]) + " |",
+                    "|---" * (len(rc["coverage"]) + 1) + "|",
+                    "| risk | " + " | ".join(_fmt4(r) for r in rc["risk"]) + " |", ""]
+    per = trust.get("cv_by_source")
+    if per:
+        out += ["## Held-out groups by data set (leave-series-out)", "",
+                "| data set | images | accuracy | coverage | risk when answering | ECE | out of domain |",
+                "|---|---|---|---|---|---|---|"]
+        for src, v in per.items():
+            out.append(f"| {_code(src)} | {_md(v['n'])} | {_fmt(v['accuracy'])} | {_fmt(v.get('coverage'))} "
+                       f"| {_fmt4(v.get('risk'))} | {_fmt(v.get('ece'))} | {_fmt(v.get('out_of_domain'))} |")
         out.append("")
     ood = trust.get("ood")
     if ood:
@@ -224,6 +298,11 @@ def trust_markdown(results: dict) -> list[str]:
                 f"- feature distance thresholds: colour {_fmt(thr.get('colour', float('nan')))}, "
                 f"grayscale {_fmt(thr.get('gray', float('nan')))} ({_md(ood['info'].get('reference'))}, "
                 f"quantile {_md(ood['quantile'])}, k = {_md(ood['k'])})",
+                *([f"- residual outside the {_md(ood.get('subspace'))} main directions of the training "
+                   f"features: threshold {_fmt(thr['residual'])} (quantile {_md(ood.get('subspace_quantile'))})"]
+                  if "residual" in thr else []),
+                *([f"- grayscale photo: grayscale and feature distance above {_fmt(thr['mid'])} "
+                   f"(quantile {_md(ood.get('gray_quantile'))})"] if "mid" in thr else []),
                 *([f"- weak threshold {_fmt(thr['weak'])} (quantile {_md(ood.get('weak_quantile'))}), used with "
                    f"the soft-grayscale and palette-graphic statistics; their rates on the reference "
                    f"images: " + ", ".join(f"{_md(k)} {_num(v, '.2%')}" for k, v in ood.get("weak_rates", {}).items())
@@ -234,7 +313,10 @@ def trust_markdown(results: dict) -> list[str]:
                 "| split | flagged | rate | by reason |", "|---|---|---|---|"]
         for s, v in ood["false_flags"].items():
             reasons = _md(", ".join(f"{k} {n}" for k, n in v["by_reason"].items()))
-            out.append(f"| {_md(s)} | {_md(v['flagged'])} / {_md(v['n'])} | {_fmt(v['rate'])} | {reasons} |")
+            out.append(f"| {_split_name(s)} | {_md(v['flagged'])} / {_md(v['n'])} | {_fmt(v['rate'])} | {reasons} |")
+        if CV in ood["false_flags"]:
+            out += ["", "(train and val are scored against a reference that holds them; 'new groups "
+                    "(CV)' scores each of them with its own group left out.)"]
         out.append("")
     return out
 
@@ -244,6 +326,10 @@ def write_predictions(path: Path, rows: list[dict], *, root: Path | None = None)
     from ..features.fileindex import RealPaths
 
     cols = ["path", "split", "group", "y", "decision", "p", "pred", "ood", "ood_reason", "ood_distance"]
+    # train / val rows' held-out-group values (group cross-validation), when the run has them
+    cv_cols = any("cv_p" in r for r in rows)
+    if cv_cols:
+        cols += ["cv_decision", "cv_p", "cv_ood"]
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(cols)
@@ -257,9 +343,13 @@ def write_predictions(path: Path, rows: list[dict], *, root: Path | None = None)
             p = real(p)  # the data folder is reached through a symlink
         if prefix is not None and p.startswith(prefix):
             p = p[len(prefix):]
-        out.append((p.replace(os.sep, "/"), r["split"], r["group"], r["y"],
-                    f"{r['decision']:.5g}", f"{r['p']:.5g}", r["pred"], r["ood"], r["ood_reason"],
-                    f"{r['ood_distance']:.4g}"))
+        row = (p.replace(os.sep, "/"), r["split"], r["group"], r["y"],
+               f"{r['decision']:.5g}", f"{r['p']:.5g}", r["pred"], r["ood"], r["ood_reason"],
+               f"{r['ood_distance']:.4g}")
+        if cv_cols:
+            row += ((f"{r['cv_decision']:.5g}", f"{r['cv_p']:.5g}", r["cv_ood"]) if "cv_p" in r
+                    else ("", "", ""))
+        out.append(row)
     w.writerows(out)
     atomic_write_bytes(Path(path), buf.getvalue().encode())
 
@@ -270,8 +360,9 @@ def write_reports(results: dict, run_dir: Path) -> None:
     rows = table_rows(results)
     atomic_write_json(run_dir / "results.json", results)
     atomic_write_bytes(run_dir / "table1.md", (table1_markdown(results) + "\n").encode())
+    cv = [CV] if any(r.get(CV) is not None for r in rows) else []
     atomic_write_bytes(run_dir / "table1.csv", _csv(rows, ["backbone", "kernel", "params", "random_weights",
-                                                           "train", "val", "test"]))
+                                                           "train", "val", *cv, "test"]))
     if any(r.get("distinct") is not None for r in rows):
         atomic_write_bytes(run_dir / "table2.md", (table2_markdown(results) + "\n").encode())
         atomic_write_bytes(run_dir / "table2.csv", _csv(rows, ["backbone", "kernel", "params",

@@ -16,7 +16,7 @@ import numpy as np
 from ..config import SweepConfig, load_config
 from ..data.datasets import Dataset, load_dataset, without_bad
 from ..errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
-from ..features.dataset import ExtractedFeatures, extract_dataset, make_extractor
+from ..features.dataset import extract_dataset, make_extractor
 from .common import (SweepResult, backbones_to_run, clean_incomplete, finish_run_dir,
                      staged_run_dir, with_features)
 
@@ -72,7 +72,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
               skip_bad: bool | None = None, precision: str | None = None,
               pooling: str | None = None, batch_size: int | None = None,
               allow_outside: bool = False, set_best: bool | None = None,
-              progress: bool = True, ray=None) -> SweepResult:
+              progress: bool = True, ray=None, train_also=None) -> SweepResult:
     """Run the whole method on a dataset and write Table 1 / Table 2.
 
     Args:
@@ -88,6 +88,10 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             fails leaves no run folder; one that was killed leaves one the next sweep removes).
         models_dir: where the best model is saved (default: the config's ``models_dir``).
         allow_outside: accept manifest paths outside the manifest's folder (refused by default).
+        train_also: more labelled data sets (a path or a list) whose every image joins the train
+            split (their splits ignored; images of a group that ``data`` measures as unseen are
+            left out); their groups are held out like any other in the group cross-validation,
+            whose numbers the report gives per data set.
         ray: a :class:`~animefaces.features.distributed.RayOptions`: extract on Ray (same
             features, same cache); None: in this process.
         set_best: also make the model the folder's ``best`` (what ``predict`` loads by default).
@@ -106,6 +110,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     from ..classify.svm import (degenerate_flags, fit_grid, link_model, one_se_pick, refit,
                                 select_per_row)
     from ..report.tables import write_predictions, write_reports
+    from .groups import CV, add_group_cv
+    from .trust import fit_ood, fit_trust, record_sources
 
     t_start = time.perf_counter()
     cfg = config if isinstance(config, SweepConfig) else load_config(config)
@@ -117,6 +123,13 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     cache_dir = Path(cache_dir or cfg.cache_dir)
     skip_bad = cfg.skip_bad if skip_bad is None else skip_bad
     ds = load_dataset(data, require_splits=True, seed=cfg.seed, allow_outside=allow_outside)
+    added: dict[str, list[Path]] = {}
+    if train_also:
+        from ..data.datasets import with_extra_training
+
+        extra = [train_also] if isinstance(train_also, (str, os.PathLike)) else list(train_also)
+        ds, added = with_extra_training(ds, [load_dataset(p, allow_outside=allow_outside)
+                                             for p in extra])
     for needed in ("train", "val"):
         if needed not in ds.splits:
             raise AnimeFacesError(f"{ds.source}: no {needed!r} split; the sweep trains on train and "
@@ -173,15 +186,25 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         t0 = time.perf_counter()
         results = fit_grid(X, y, rows, scaling=cfg.scaling, cache_size=cfg.cache_size,
                            seed=cfg.seed, n_jobs=cfg.n_jobs)
+        group_cv = None
+        if cfg.select_on == "groups":
+            # Held-out-group scores of every parameter set: what the model is chosen and
+            # calibrated on (val comes from the same anime as train).
+            group_cv = add_group_cv(results, feats.X, y_all, split_of,
+                                    [r.group for r in feats.records], y, cfg, rows)
+            _log(f"[sweep] {name}: " + (f"group cross-validation, {group_cv['note']}"
+                                        if group_cv["used"] else f"note: {group_cv['note']}"), progress)
+        select_on = CV if group_cv and group_cv["used"] else "val"
         fit_seconds += time.perf_counter() - t0
-        best_rows = select_per_row(results, on=cfg.select_on, n=len(y[cfg.select_on]))
-        backbone_info[name] = {"status": "ok", "features": feats.meta,
+        best_rows = select_per_row(results, on=select_on, n=len(y[select_on]))
+        backbone_info[name] = {"status": "ok", "features": feats.meta, "selected_on": select_on,
+                               **({"group_cv": group_cv} if group_cv else {}),
                                "extract_seconds": round(feats.seconds, 3),
                                "computed": feats.computed, "n_images": len(feats.records),
                                "n_bad": len(feats.bad),
                                "random_weights": feats.meta["random_weights"]}
         for r in results:
-            flags, flag_details = degenerate_flags(r, y)
+            flags, flag_details = degenerate_flags(r, y, on=select_on)
             fits.append({"backbone": name, "kernel": r.row, "params": r.params,
                          "accuracy": r.accuracy, "positive_rate": r.positive_rate,
                          "fit_seconds": round(r.fit_seconds, 4),
@@ -189,41 +212,49 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             if flag_details:
                 fits[-1]["degenerate"] = flag_details
             if best_rows[r.row] is r:
-                # Calibration of every table row (on val), measured on every split.
+                # Calibration of every table row (on held-out groups or val), measured on
+                # every split.
                 t0 = time.perf_counter()
                 fits[-1]["calibration"] = summarize(
                     r.decision, y, method=cfg.calibration, folds=cfg.calibration_folds,
-                    n_bins=cfg.ece_bins, seed=cfg.seed)[2]
+                    n_bins=cfg.ece_bins, seed=cfg.seed, fit_on=select_on)[2]
                 calib_seconds += time.perf_counter() - t0
         for row_name, r in best_rows.items():
-            candidates.append((name, r, X, y, feats))
+            candidates.append((name, r, X, y, feats, select_on))
 
     if not candidates:
         raise AnimeFacesError("no backbone could run: " + "; ".join(
             f"{n}: {i['reason']}" for n, i in backbone_info.items()))
 
-    # Best model on val only, by the one-SE rule: ties go to the earlier backbone / row in the
-    # config (the default config lists RBF first, then linear, then polynomials by degree).
-    best_name, best, X, y, feats = one_se_pick(
-        candidates, acc=lambda c: c[1].accuracy[cfg.select_on], n=len(candidates[0][3][cfg.select_on]))
+    # Best model on held-out groups (or val), by the one-SE rule: ties go to the earlier
+    # backbone / row in the config (the default config lists RBF first, then linear, then
+    # polynomials by degree). Backbones share the records and so the choice of split, unless
+    # unreadable images left one with too few groups: then all are compared on val.
+    select_on = CV if all(c[5] == CV for c in candidates) else "val"
+    best_name, best, X, y, feats, _ = one_se_pick(
+        candidates, acc=lambda c: c[1].accuracy[select_on], n=len(candidates[0][3][select_on]))
+    group_cv = backbone_info[best_name].get("group_cv")
     t0 = time.perf_counter()
     # The out-of-domain guard needs the chosen backbone's features, not the model: it is fitted
     # in a thread while libsvm refits the model on one core (both release the GIL).
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(1) as pool:
-        ood_job = pool.submit(_fit_ood, cfg, feats, cache_dir) if cfg.ood else None
+        ood_job = pool.submit(fit_ood, cfg, feats, cache_dir) if cfg.ood else None
         pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
                          cache_size=cfg.cache_size, seed=cfg.seed)
         dec_val = pipeline.decision_function(X["val"]).astype(np.float64)
-        platt = platt_fit(dec_val, y["val"])
+        platt = platt_fit(best.decision[CV] if select_on == CV else dec_val, y[select_on])
         refit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()  # trust time: waiting for the guard, then the rest
         ood = ood_job.result() if ood_job is not None else None
     grid_dec = _grid_decisions(best, dec_val)
     dec = grid_dec if grid_dec is not None else {
         s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
-    extras, trust, per_image = _fit_trust(cfg, dec, y, feats, progress, ood=ood)
+    if select_on == CV:
+        dec[CV] = best.decision[CV]
+    extras, trust, per_image = fit_trust(cfg, dec, y, feats, progress, ood=ood, fit_on=select_on,
+                                         sources=record_sources(feats.records, ds.source, added))
     trust_seconds = time.perf_counter() - t0
     measured = without_bad(ds, feats.records, feats.bad)  # checked when extracted
     # The run folder is made only now, as <name>.incomplete, and renamed when every report is
@@ -235,8 +266,9 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         model_meta = {
             "run_id": run_id, "backbone": best_name, "kernel": best.row, "params": best.params,
             "scaling": cfg.scaling, "features": feats.meta, "accuracy": best.accuracy,
-            "selected_on": cfg.select_on, "labels": {"1": "face", "0": "no_face"},
-            "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"]))},
+            "selected_on": select_on, "labels": {"1": "face", "0": "no_face"},
+            "trained_on": {"data": ds.source, "split": "train", "n": int(len(y["train"])),
+                           **({"also": sorted(added)} if added else {})},
             "created": utc_now(),
         }
         model_meta["trust"] = {k: dict(trust[k]) for k in ("calibration", "abstain", "ood") if k in trust}
@@ -263,8 +295,12 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             "backbones": backbone_info,
             "kernels": [r for r, _, _ in rows],
             "fits": fits,
-            "selection": "accuracy on val, one-standard-error rule; ties go to the earlier backbone / "
-                         "kernel / C in config order",
+            "selection": (("accuracy on held-out groups (group cross-validation over train + val)"
+                           if select_on == CV else "accuracy on val")
+                          + ", one-standard-error rule; ties go to the earlier backbone / kernel / C "
+                            "in config order"),
+            "selected_on": select_on,
+            "group_cv": group_cv,
             "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
                      "accuracy": best.accuracy, "model": str(model_path),
                      "also_saved_as": str(best_path) if best_path else None,
@@ -303,7 +339,8 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         results_doc["timings"]["total_with_reports_seconds"] = round(time.perf_counter() - t_start, 3)
         write_reports(results_doc, run_dir)  # results.json (with the report time), md, csv
         run_dir = finish_run_dir(run_dir, final_dir)
-        _log(f"[sweep] best on val: {best_name} {best.row} {best.params} -> "
+        _log(f"[sweep] best on {'held-out groups' if select_on == CV else 'val'}: "
+             f"{best_name} {best.row} {best.params} -> "
              + ", ".join(f"{s} {a:.3f}" for s, a in best.accuracy.items())
              + f"; model {model_path}", progress)
         return SweepResult(run_dir=run_dir, best_model=model_path, results=results_doc)
@@ -385,84 +422,3 @@ def _grid_decisions(best, dec_val: np.ndarray) -> dict | None:
     if float(np.max(np.abs(grid_val - dec_val), initial=0.0)) > tol:
         return None
     return dict(best.decision, val=dec_val)
-
-
-def _fit_ood(cfg: SweepConfig, feats: ExtractedFeatures, cache_dir: Path) -> dict:
-    """The out-of-domain guard fitted on train / val features and image statistics, and its
-    flags on every image (record order)."""
-    from ..classify.ood import OODGuard, flag_summary, is_gray, stats_for_files
-
-    t0 = time.perf_counter()
-    split_of = np.array([r.split for r in feats.records])
-    stats = stats_for_files([r.path for r in feats.records], cache_dir=cache_dir / "image-stats",
-                            n_jobs=min(2, os.cpu_count() or 1))
-    groups = np.array([r.group or "" for r in feats.records], dtype=object)
-    guard = OODGuard(min_side=cfg.ood_min_side, flat_resid=cfg.ood_flat,
-                     noise_autocorr=cfg.ood_noise, k=cfg.ood_k, quantile=cfg.ood_quantile,
-                     text=cfg.ood_text, weak_quantile=cfg.ood_weak_quantile)
-    tr, va = split_of == "train", split_of == "val"
-    guard.fit(feats.X[tr], groups_train=groups[tr], gray_train=is_gray(stats[tr]),
-              X_val=feats.X[va], groups_val=groups[va], gray_val=is_gray(stats[va]),
-              stats_train=stats[tr], stats_val=stats[va])
-    flag, reason, dist = guard.flags(feats.X, stats)
-    summary = dict(guard.describe(), false_flags=flag_summary(flag, reason, split_of, groups),
-                   seconds=round(time.perf_counter() - t0, 3))
-    return {"guard": guard, "flag": flag, "reason": reason, "distance": dist, "summary": summary}
-
-
-def _fit_trust(cfg: SweepConfig, dec: dict, y: dict, feats: ExtractedFeatures,
-               progress: bool, ood: dict | None = None):
-    """Calibrator and abstain band for the chosen model (fitted on val), their measurements on
-    every split, the out-of-domain guard's results, and per-image rows for predictions.csv.
-
-    Args:
-        dec: the model's decision values per split, (n,) float64 each, in record order.
-        ood: :func:`_fit_ood`'s result (None: the guard is off).
-
-    Returns:
-        (model extras, the ``trust`` section of results.json, per-image rows).
-    """
-    from ..classify.calibration import (abstain_summary, apply_band, apply_calibrator, choose_band,
-                                        summarize)
-
-    cal, info, cal_summary = summarize(dec, y, method=cfg.calibration, folds=cfg.calibration_folds,
-                                       n_bins=cfg.ece_bins, seed=cfg.seed)
-    probs = {s: apply_calibrator(cal, d) for s, d in dec.items()}
-    if cfg.abstain == "off":
-        band, how = None, "abstention off in the config"
-    elif isinstance(cfg.abstain, list):
-        band, how = tuple(cfg.abstain), "fixed in the config"
-    else:
-        band, how = choose_band(info["oof"], y["val"], target=cfg.abstain_target)
-    extras = {"calibration": cal,
-              "abstain": {"band": None if band is None else list(band), "target": cfg.abstain_target,
-                          "how": how}}
-    trust = {"calibration": cal_summary,
-             "abstain": abstain_summary(band, how, probs, y,
-                                        target=cfg.abstain_target if cfg.abstain == "auto" else None)}
-    n = len(feats.records)
-    ood_flag = np.zeros(n, bool)
-    ood_reason: list = [None] * n
-    ood_dist = np.full(n, np.nan)
-    if ood is not None:
-        ood_flag, ood_reason, ood_dist = ood["flag"], ood["reason"], ood["distance"]
-        extras["ood"] = ood["guard"].to_dict()
-        trust["ood"] = ood["summary"]
-        _log("[sweep] out-of-domain guard: flags " + ", ".join(
-            f"{s} {v['rate']:.1%}" for s, v in trust["ood"]["false_flags"].items())
-             + " of the (in-domain) data", progress)
-    # Per-image rows in record order (each split's values keep record order within it).
-    pos = {s: 0 for s in dec}
-    rows = []
-    band_labels = {s: apply_band(probs[s], band) for s in probs}
-    for i, r in enumerate(feats.records):
-        s = r.split
-        j = pos[s]
-        pos[s] += 1
-        lab = int(band_labels[s][j])
-        rows.append({"path": r.path, "split": s, "group": r.group or "", "y": int(y[s][j]),
-                     "decision": float(dec[s][j]), "p": float(probs[s][j]),
-                     "pred": {1: "face", 0: "no_face", -1: "unsure"}[lab],
-                     "ood": int(ood_flag[i]), "ood_reason": ood_reason[i] or "",
-                     "ood_distance": float(ood_dist[i])})
-    return extras, trust, rows
