@@ -1,6 +1,7 @@
 """``scan --ray`` (:func:`scan_videos_ray`): the frames of many videos sampled and run through
-the CNN on a Ray cluster (:mod:`animefaces.features.distributed_video`), then classified and merged into face ranges here,
-exactly as :func:`animefaces.scan.scan_video` does with the frames it decodes itself.
+the CNN on a Ray cluster (:mod:`animefaces.features.distributed_video`), then classified and
+merged into face ranges here, exactly as :func:`animefaces.scan.scan_video` does with the frames
+it decodes itself.
 
 The SVM, the calibration and the range rule are cheap and stay on the driver; the out-of-domain
 guard's image statistics are computed in the decode tasks, next to the pictures. Contact-sheet
