@@ -185,3 +185,12 @@ def test_cli_scan_with_ray(local_ray, tiny_model_and_video, tmp_path, capsys):
                  "--cache-dir", str(tmp_path / "f"), "--contact-sheet", "-q"]) == 0
     assert "12 frame(s) scanned" in capsys.readouterr().out
     assert (out / "ep.contact.png").is_file() and (out / "scan.json").is_file()
+
+
+def test_a_layout_the_local_ray_cannot_schedule_is_refused(local_ray, tmp_path):
+    from animefaces.errors import ConfigError
+
+    fx = FeatureExtractor("tiny", weights="random")
+    with pytest.raises(ConfigError, match="need 3 CPUs; this Ray has 2"):
+        extract_files_ray(fx, _mini_paths(2), cache=_cache(tmp_path, fx),
+                          options=RayOptions(actors=2), progress=False)

@@ -249,6 +249,24 @@ def forward_stage(ds, fx, cache, options: RayOptions, ray, *, spec=None):
                                "cache_name": cache.dir.name.rsplit("-", 1)[0], "cache_meta": cache.meta})
 
 
+def check_resources(ray, options: RayOptions) -> None:
+    """Refuse a layout the cluster cannot schedule (it would wait for ever): the smallest actor
+    pool and one decode task must fit in its CPUs and GPUs at once."""
+    have = ray.cluster_resources()
+    lo = options.actors if isinstance(options.actors, int) else options.actors[0]
+    cpus = lo * options.actor_cpus + options.decode_cpus
+    if cpus > have.get("CPU", 0) + 1e-9:
+        raise ConfigError(
+            f"{lo} Ray actor(s) of {options.actor_cpus:g} CPU and a decode task of "
+            f"{options.decode_cpus:g} CPU need {cpus:g} CPUs; this Ray has "
+            f"{have.get('CPU', 0):g}: use fewer actors (--ray-actors) or a fraction of a CPU "
+            f"each (--ray-actor-cpus 0.5)")
+    gpus = lo * num_gpus_per_actor(ray, options)
+    if gpus > have.get("GPU", 0) + 1e-9:
+        raise ConfigError(f"{lo} Ray actor(s) of {gpus / lo:g} GPU need {gpus:g} GPUs; this Ray "
+                          f"has {have.get('GPU', 0):g}: use fewer actors or --ray-gpus 0")
+
+
 def _actor_pool(ray, actors):
     if isinstance(actors, int):
         return ray.data.ActorPoolStrategy(size=actors)
@@ -301,6 +319,7 @@ def extract_files_ray(fx, paths, *, cache, options: RayOptions | None = None,
                           "cache folder (--cache-dir), not an in-memory cache")
     options = options or RayOptions()
     quiet_ray_data(ray, progress)
+    check_resources(ray, options)
     paths = [Path(p) for p in paths]
     index = HashIndex(cache.root)
     real = RealPaths()

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .._io import atomic_write_json, sha256_bytes
-from .distributed import RayOptions, decode_stage, forward_stage, quiet_ray_data, require_ray
+from .distributed import (RayOptions, check_resources, decode_stage, forward_stage, quiet_ray_data,
+                          require_ray)
 
 FRAME_KEY_FORMAT = "animefaces-frame/1"
 RANGE_SECONDS = 60.0
@@ -144,6 +145,7 @@ def extract_video_frames_ray(fx, videos, *, cache, fps: float | None = 1.0,
     ray = require_ray()
     options = options or RayOptions()
     quiet_ray_data(ray, progress)
+    check_resources(ray, options)
     videos = [Path(v) for v in videos]
     out = [VideoFrames(video=v) for v in videos]
     ranges, done = [], {}  # range id -> (video no, start, end, file); id -> frame rows
