@@ -206,3 +206,24 @@ models_dir = "{(tmp_path / 'models').as_posix()}"
     images = sorted((data.parent / "images").glob("test-*.png"))
     preds = clf.predict_many(images)
     assert all(0.0 <= p.score <= 1.0 for p in preds)
+
+
+def test_saved_svc_models_decide_as_before_to_the_bit():
+    """ArraySVM's kernels now come from classify/kernels.py: the same operations in the same
+    order as the formula the saved models were checked with, so the same bits."""
+    def earlier(Z, S, kernel, gamma, degree, coef0):  # arrays._kernel before the move
+        dot = Z @ S.T
+        if kernel == "linear":
+            return dot
+        if kernel == "rbf":
+            d2 = (Z * Z).sum(1)[:, None] + (S * S).sum(1)[None, :] - 2.0 * dot
+            return np.exp(-gamma * np.maximum(d2, 0.0))
+        if kernel == "poly":
+            return (gamma * dot + coef0) ** degree
+        return np.tanh(gamma * dot + coef0)
+
+    rng = np.random.default_rng(5)
+    Z, S = rng.normal(size=(60, 24)), rng.normal(size=(40, 24))
+    for k in kernels.EXACT_KERNELS:
+        assert np.array_equal(kernels.kernel_matrix(k, Z, S, gamma=0.02, degree=3, coef0=1.0),
+                              earlier(Z, S, k, 0.02, 3, 1.0)), k
