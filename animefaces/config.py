@@ -23,7 +23,7 @@ _SCHEMA = {
     "features": {"backbones", "cache_dir", "device", "precision", "pooling", "batch_size", "skip_bad"},
     "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "cv_folds", "grid"},
     "output": {"reports_dir", "models_dir"},
-    "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target",
+    "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target", "abstain_risk",
               "ood", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text",
               "ood_weak_quantile", "ood_gray_quantile", "ood_subspace", "ood_subspace_quantile"},
 }
@@ -66,8 +66,9 @@ class SweepConfig:
     calibration: str = "auto"
     calibration_folds: int = 5
     ece_bins: int = 15
-    abstain: str | list = "auto"
+    abstain: str | list = "risk"
     abstain_target: float = 0.95
+    abstain_risk: float = 0.02
     ood: bool = True
     ood_k: int = 5
     ood_quantile: float = 0.999
@@ -261,6 +262,7 @@ def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
     number("calibration_folds", cfg.calibration_folds, 2, 20, integer=True)
     number("ece_bins", cfg.ece_bins, 2, 100, integer=True)
     number("abstain_target", cfg.abstain_target, 0.5, 0.9999)
+    number("abstain_risk", cfg.abstain_risk, 0.0001, 0.4999)
     a = cfg.abstain
     if isinstance(a, list):
         if (len(a) != 2 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in a)
@@ -269,7 +271,7 @@ def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
                               f"[lo, hi] with 0 <= lo <= 0.5 <= hi <= 1")
         cfg.abstain = [float(a[0]), float(a[1])]
     else:
-        choice("trust.abstain", a, ("auto", "off"))
+        choice("trust.abstain", a, ("risk", "auto", "off"))
     boolean("ood", cfg.ood)
     boolean("ood_text", cfg.ood_text)
     number("ood_weak_quantile", cfg.ood_weak_quantile, 0.0, 0.5)

@@ -69,17 +69,17 @@ def raw_probability(decision) -> np.ndarray:
 
 
 # -- calibrators -----------------------------------------------------------------------------------
-def _fit_platt(s, y) -> dict:
+def _fit_platt(s, y, w=None) -> dict:
 
-    a, b = platt_fit(np.asarray(s, np.float64), np.asarray(y))
+    a, b = platt_fit(np.asarray(s, np.float64), np.asarray(y), weights=w)
     return {"method": "platt", "a": a, "b": b}
 
 
-def _fit_isotonic(s, y) -> dict:
+def _fit_isotonic(s, y, w=None) -> dict:
     from sklearn.isotonic import IsotonicRegression
 
     iso = IsotonicRegression(y_min=0.0, y_max=1.0, increasing=True, out_of_bounds="clip")
-    iso.fit(np.asarray(s, np.float64), np.asarray(y, np.float64))
+    iso.fit(np.asarray(s, np.float64), np.asarray(y, np.float64), sample_weight=w)
     return {"method": "isotonic", "x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
 
 
@@ -118,8 +118,10 @@ def apply_calibrator(cal: dict, decision) -> np.ndarray:
 _FITTERS = {"platt": _fit_platt, "isotonic": _fit_isotonic}
 
 
-def out_of_fold(decision, y, *, method: str, folds: int = 5, seed: int = 0) -> np.ndarray | None:
-    """P(face) for each val image from a calibrator fitted on the other folds (stratified).
+def out_of_fold(decision, y, *, method: str, folds: int = 5, seed: int = 0,
+                weights=None) -> np.ndarray | None:
+    """P(face) for each val image from a calibrator fitted on the other folds (stratified),
+    with per-image ``weights`` in the fits when given.
 
     Returns None when a class has fewer images than ``folds`` (too few to cross-validate).
     """
@@ -131,11 +133,13 @@ def out_of_fold(decision, y, *, method: str, folds: int = 5, seed: int = 0) -> n
         return None
     oof = np.empty(len(s))
     for tr, te in StratifiedKFold(folds, shuffle=True, random_state=seed).split(s.reshape(-1, 1), y):
-        oof[te] = apply_calibrator(_FITTERS[method](s[tr], y[tr]), s[te])
+        oof[te] = apply_calibrator(_FITTERS[method](s[tr], y[tr], None if weights is None
+                                                    else np.asarray(weights)[tr]), s[te])
     return oof
 
 
-def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: int = 0):
+def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: int = 0,
+                   weights=None):
     """Fit the score-to-P(face) map on validation decision values.
 
     ``auto`` compares Platt and isotonic by out-of-fold Brier score on val (``folds``-fold,
@@ -147,6 +151,8 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
         decision: (n,) SVM decision values on val.
         y: (n,) 1 = face.
         method: ``auto``, ``platt`` or ``isotonic``.
+        weights: (n,) per-image weights for the fits and the Brier comparison (e.g. each group
+            of held-out series weighing the same), or None.
 
     Returns:
         (calibrator dict, info dict with the out-of-fold Brier scores, the reason for the choice,
@@ -156,8 +162,11 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
         raise ValueError(f"calibration method {method!r}; choose one of: {', '.join(METHODS)}")
     s = np.asarray(decision, np.float64)
     y = np.asarray(y)
-    oof = {m: out_of_fold(s, y, method=m, folds=folds, seed=seed) for m in ("platt", "isotonic")}
-    cv = {m: (brier(o, y) if o is not None else None) for m, o in oof.items()}
+    w = np.ones(len(s)) if weights is None else np.asarray(weights, np.float64) * len(s) / np.sum(weights)
+    oof = {m: out_of_fold(s, y, method=m, folds=folds, seed=seed, weights=weights)
+           for m in ("platt", "isotonic")}
+    cv = {m: (float(np.average((o - y) ** 2, weights=w)) if o is not None else None)
+          for m, o in oof.items()}
     errors = int(np.sum((s > 0) != (y == 1)))
     if method == "auto":
         if oof["platt"] is None:
@@ -167,7 +176,7 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
                                     f"isotonic needs (it would map a separable val split to 0 / 1); "
                                     f"Platt (2 parameters)")
         else:
-            d = (oof["isotonic"] - y) ** 2 - (oof["platt"] - y) ** 2
+            d = ((oof["isotonic"] - y) ** 2 - (oof["platt"] - y) ** 2) * w
             se = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else 0.0
             if d.mean() < -se:
                 chosen, why = "isotonic", (f"isotonic beats Platt on out-of-fold val Brier by "
@@ -178,7 +187,7 @@ def fit_calibrator(decision, y, *, method: str = "auto", folds: int = 5, seed: i
                                         f"{cv['platt']:.5f}, SE {se:.5f})")
     else:
         chosen, why = method, "set in the config"
-    cal = dict(_FITTERS[chosen](s, y), clip=_clip_range(y))
+    cal = dict(_FITTERS[chosen](s, y, weights), clip=_clip_range(y))
     chosen_oof = oof[chosen]
     if chosen_oof is not None:
         chosen_oof = np.clip(chosen_oof, *cal["clip"])
@@ -257,6 +266,56 @@ def choose_band(p_val, y_val, *, target: float, threshold: float = 0.5) -> tuple
     return (float(lo), float(hi)), "; ".join(notes)
 
 
+def choose_risk_band(p_oof, y, *, max_risk: float, weights=None) -> tuple[tuple[float, float], str]:
+    """The band ``(1 - c, c)`` that answers the most out-of-fold predictions (the most confident
+    first, confidence ``max(p, 1 - p)``) while their error rate stays <= ``max_risk``.
+
+    Fitted on held-out groups, this is the rule "answer as many frames of unseen series as
+    possible, at a measured error rate among the answered": where the precision rule of
+    :func:`choose_band` (every answer at calibrated P(correct) >= 0.95) answered 72% of the
+    held-out episode frames, this one answers where the calibrated scores are still almost
+    always right.
+
+    Args:
+        p_oof: (n,) out-of-fold P(face) (each image scored by a calibrator that did not see it).
+        y: (n,) 0/1 labels.
+        max_risk: the error rate allowed among the answered, in (0, 0.5).
+        weights: (n,) per-image weights of the error rate (e.g. each held-out group weighing the
+            same), or None.
+
+    Returns:
+        ((lo, hi), a sentence saying how the band was chosen).
+    """
+    if not 0.0 < max_risk < 0.5:
+        raise ValueError(f"abstain risk {max_risk!r}: use a number in (0, 0.5)")
+    p = np.asarray(p_oof, np.float64)
+    y = np.asarray(y)
+    if not len(p):
+        return (0.5, 0.5), "no out-of-fold predictions: answer everything"
+    conf = np.maximum(p, 1.0 - p)
+    order = np.argsort(-conf, kind="stable")
+    c_sorted = conf[order]
+    w = np.ones(len(p)) if weights is None else np.asarray(weights, np.float64)[order]
+    err = ((p[order] >= 0.5).astype(int) != y[order]).astype(np.float64)
+    risk = np.cumsum(err * w) / np.cumsum(w)
+    # Cut only between distinct confidences: every image at the cut's confidence is answered.
+    last = np.r_[c_sorted[1:] < c_sorted[:-1], True]
+    ok = np.flatnonzero(last & (risk <= max_risk))
+    if not len(ok):
+        k = int(np.flatnonzero(last)[0])
+        c = float(c_sorted[k])
+        return (1.0 - c, c), (f"no answered share reaches error rate {max_risk:g} out of fold; "
+                              f"answer only the most confident ({k + 1} of {len(p)})")
+    k = int(ok[-1])
+    c = float(c_sorted[k])
+    if k == len(p) - 1:
+        return (0.5, 0.5), (f"answering every out-of-fold prediction errs on {risk[k]:.2%} <= "
+                            f"{max_risk:g}: no abstention")
+    return (1.0 - c, c), (f"answer when P(face) >= {c:.4f} or <= {1 - c:.4f}: the most out-of-fold "
+                          f"predictions ({k + 1} of {len(p)}, {(k + 1) / len(p):.1%}) answered at "
+                          f"error rate {risk[k]:.2%} <= {max_risk:g}")
+
+
 def apply_band(p, band, *, threshold: float = 0.5) -> np.ndarray:
     """Labels 1 (face), 0 (no face) or -1 (unsure) for P(face) values and a band (lo, hi):
     unsure when lo < p < hi."""
@@ -303,7 +362,7 @@ def risk_coverage(p, y, *, points: int = 21) -> dict:
 
 # -- what a sweep records --------------------------------------------------------------------------
 def summarize(decision: dict, y: dict, *, method: str = "auto", folds: int = 5, n_bins: int = 15,
-              seed: int = 0, fit_on: str = "val") -> tuple[dict, dict, dict]:
+              seed: int = 0, fit_on: str = "val", weights=None) -> tuple[dict, dict, dict]:
     """Fit the calibrator on ``fit_on`` and measure it on every split.
 
     Args:
@@ -312,13 +371,16 @@ def summarize(decision: dict, y: dict, *, method: str = "auto", folds: int = 5, 
         fit_on: the split the calibrator is fitted on. For ``cv`` its "calibrated" numbers are
             out of fold (each image's P(face) from a calibrator fitted on the other folds) when
             there are enough images to cross-validate, marked ``"calibrated_is": "out-of-fold"``.
+        weights: per-image weights of the ``fit_on`` images in the fit (see
+            :func:`fit_calibrator`); the measurements stay per image.
 
     Returns:
         (calibrator, info from :func:`fit_calibrator` (with ``oof``), a JSON-ready summary with
         the method, the reason, the out-of-fold Brier scores, and ECE / Brier per split before
         (``raw``) and after (``calibrated``) calibration).
     """
-    cal, info = fit_calibrator(decision[fit_on], y[fit_on], method=method, folds=folds, seed=seed)
+    cal, info = fit_calibrator(decision[fit_on], y[fit_on], method=method, folds=folds, seed=seed,
+                               weights=weights)
     splits = [s for s in decision if s not in ("val", "cv")]
     splits = ([s for s in ("train", "val", "cv") if s in decision]
               + [s for s in ("test", "distinct") if s in splits]
@@ -346,9 +408,10 @@ def abstain_summary(band, how: str, probs: dict, y: dict, *, target: float | Non
             "risk_coverage": {s: risk_coverage(p, y[s]) for s, p in probs.items()}}
 
 
-def platt_fit(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def platt_fit(scores: np.ndarray, y: np.ndarray, weights=None) -> tuple[float, float]:
     """Sigmoid ``P = 1 / (1 + exp(a*s + b))`` fitted to decision scores (Platt 1999, with his
-    target smoothing). Returns (a, b).
+    target smoothing). Returns (a, b). ``weights``: per-score weights of the likelihood (None:
+    all 1).
 
     Newton's method with backtracking on the two parameters, as in Lin, Lin & Weng (2007), "A
     note on Platt's probabilistic outputs for support vector machines" (the algorithm libsvm
@@ -357,22 +420,24 @@ def platt_fit(scores: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     """
     f = np.asarray(scores, np.float64).ravel()
     y = np.asarray(y).ravel()
-    n_pos, n_neg = int(np.sum(y == 1)), int(np.sum(y == 0))
+    w = np.ones(len(f)) if weights is None else np.asarray(weights, np.float64).ravel()
+    w = w * len(f) / max(float(w.sum()), 1e-300)  # mean 1: the smoothing keeps its meaning
+    n_pos, n_neg = float(np.sum(w[y == 1])), float(np.sum(w[y == 0]))
     t = np.where(y == 1, (n_pos + 1) / (n_pos + 2), 1 / (n_neg + 2))
     a, b = 0.0, float(np.log((n_neg + 1) / (n_pos + 1)))
 
     def nll(a, b):
         z = a * f + b
         # sum of t*z + log(1 + exp(-z)), written stably for both signs of z
-        return float(np.sum(np.where(z >= 0, t * z + np.log1p(np.exp(-z)),
-                                     (t - 1) * z + np.log1p(np.exp(z)))))
+        return float(np.sum(w * np.where(z >= 0, t * z + np.log1p(np.exp(-z)),
+                                         (t - 1) * z + np.log1p(np.exp(z)))))
 
     val = nll(a, b)
     for _ in range(100):
         z = a * f + b
         p = np.where(z >= 0, np.exp(-z) / (1 + np.exp(-z)), 1 / (1 + np.exp(z)))  # 1 / (1 + e^z)
         q = 1 - p
-        d1, d2 = t - p, p * q
+        d1, d2 = w * (t - p), w * p * q
         g1, g2 = float(f @ d1), float(d1.sum())
         if abs(g1) < 1e-5 and abs(g2) < 1e-5:
             break
