@@ -248,7 +248,7 @@ class FaceClassifier(TrainedClassifier):
             weights: backbone weights (default: found as for extraction; must be the very file the
                 model was trained with: its sha256 is checked).
             threshold: P(face) at or above which the label is ``face``.
-            abstain: ``"auto"`` (the band saved with the model, chosen on val), ``"off"`` /
+            abstain: ``"auto"`` (the band saved with the model, chosen on held-out groups or val), ``"off"`` /
                 None / False (always answer), a ``(lo, hi)`` pair (unsure when lo < P(face) <
                 hi), or a string ``"lo,hi"`` (as on the command line).
             ood: apply the out-of-domain guard saved with the model (label ``out_of_domain``).
