@@ -44,3 +44,24 @@ def test_second_sweep_is_cheap(real_sweep, tmp_path):
     res2 = run_sweep(MINI, out_dir=tmp_path / "r", models_dir=tmp_path / "m", progress=False)
     assert res2.results["backbones"]["mobilenet_v2"]["computed"] == 0
     assert res2.results["best"]["accuracy"] == real_sweep.results["best"]["accuracy"]
+
+
+def test_run_sh_sweep_on_both_shared_sets_meets_the_distinct_targets(tmp_path):
+    """What `bash run.sh` trains (mini + every anime-episodes frame): chosen and calibrated on
+    held-out groups; distinct (never trained on) answered >= 90% at <= 2% error, accuracy >= the
+    val-chosen model's 0.967, ECE <= 0.05; episode frames of series held out in the group CV stay
+    in domain (<= 2% flagged). The leave-series-out numbers: benchmarks/bench_leave_series_out.py."""
+    episodes = MINI.parent / "anime-episodes"
+    assert episodes.is_dir(), f"the shared data is missing: expected {episodes}"
+    res = run_sweep(MINI, train_also=[episodes], out_dir=tmp_path / "r", models_dir=tmp_path / "m",
+                    progress=False)
+    r = res.results
+    assert r["selected_on"] == "cv" and r["group_cv"]["used"], r["group_cv"]
+    ab = r["trust"]["abstain"]["splits"]["distinct"]
+    assert ab["coverage"] >= 0.9 and ab["risk"] <= 0.02, ab
+    assert r["best"]["accuracy"]["distinct"] >= 0.967, r["best"]["accuracy"]
+    cal = r["trust"]["calibration"]["splits"]
+    assert cal["distinct"]["calibrated"]["ece"] <= 0.05 and cal["cv"]["calibrated"]["ece"] <= 0.05, cal
+    per = r["trust"]["cv_by_source"]
+    ep = next(v for k, v in per.items() if "anime-episodes" in k)
+    assert ep["n"] >= 550 and ep["out_of_domain"] <= 0.02, ep
