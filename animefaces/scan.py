@@ -245,14 +245,7 @@ def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
         res.info["exception"] = exc
     if pending:
         classify(pending)
-    duration = res.info.get("video", {}).get("duration_s")
-    times = [f.time_s for f in res.frames]
-    step = settings.step_s if settings.step_s is not None else infer_step(np.asarray(times),
-                                                                           duration)
-    res.ranges = face_ranges(times, [f.p_face for f in res.frames], on=settings.on,
-                             off=settings.off, min_gap=settings.min_gap,
-                             min_duration=settings.min_duration, step=step,
-                             duration=None if res.error else duration)
+    step = fill_ranges(res, settings)
     if thumbnails:
         pos = {f.time_s: i for i, f in enumerate(res.frames)}
         res.thumbnails = [Image.open(io.BytesIO(candidates[pos[r.start_s]])).convert("RGB")
@@ -265,6 +258,20 @@ def _scan(path: Path, classifier, settings: ScanSettings, *, thumbnails: bool,
         "frames_per_s": round(len(res.frames) / elapsed, 2) if elapsed > 0 else None,
     })
     return res
+
+
+def fill_ranges(res, settings) -> float:
+    """Set ``res.ranges`` from its scored frames (hysteresis on P(face), gaps, minimum length);
+    returns the frame step used (the settings' or the one the frame times show)."""
+    duration = res.info.get("video", {}).get("duration_s")
+    times = [f.time_s for f in res.frames]
+    step = settings.step_s if settings.step_s is not None else infer_step(np.asarray(times),
+                                                                           duration)
+    res.ranges = face_ranges(times, [f.p_face for f in res.frames], on=settings.on,
+                             off=settings.off, min_gap=settings.min_gap,
+                             min_duration=settings.min_duration, step=step,
+                             duration=None if res.error else duration)
+    return step
 
 
 def scan_video(video_path: os.PathLike | str, classifier, *, fps: float | None = 1.0,

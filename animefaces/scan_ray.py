@@ -14,10 +14,9 @@ import io
 import time
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
-from .classify.ranges import FrameScore, face_ranges, infer_step, video_frame_label
+from .classify.ranges import FrameScore, video_frame_label
 from .errors import AnimeFacesError
 
 
@@ -29,7 +28,7 @@ def scan_results_ray(paths: list[Path], classifier, settings, *, options, thumbn
     from .features.cache import FeatureCache
     from .features.distributed import ray_session
     from .features.distributed_video import RANGE_SECONDS, extract_video_frames_ray
-    from .scan import ScanResult, _thumbnail_bytes, _video_header
+    from .scan import ScanResult, _thumbnail_bytes, _video_header, fill_ranges
 
     fx = classifier.extractor
     guard = getattr(classifier, "guard", None)
@@ -60,14 +59,7 @@ def scan_results_ray(paths: list[Path], classifier, settings, *, options, thumbn
             res.frames = [FrameScore(t, idx, float(p.score), label, ftype, why)
                           for t, idx, ftype, p in zip(vf.times_s, vf.indices, vf.types, preds)
                           for label, why in [video_frame_label(p)]]
-        duration = res.info.get("video", {}).get("duration_s")
-        times = [f.time_s for f in res.frames]
-        step = settings.step_s if settings.step_s is not None else infer_step(np.asarray(times),
-                                                                               duration)
-        res.ranges = face_ranges(times, [f.p_face for f in res.frames], on=settings.on,
-                                 off=settings.off, min_gap=settings.min_gap,
-                                 min_duration=settings.min_duration, step=step,
-                                 duration=None if res.error else duration)
+        step = fill_ranges(res, settings)
         if thumbnails:
             res.thumbnails = [_first_frame(vf.video, r.start_s, settings, step, _thumbnail_bytes)
                               for r in res.ranges]

@@ -145,6 +145,22 @@ class ArrayMulticlassSVM:
         return votes.argmax(axis=1)
 
 
+def scaler_arrays(scaler, d: int) -> tuple[str, dict] | None:
+    """A pipeline's scaling step as ``(scaling, arrays)``: ``l2`` / ``none`` with no arrays,
+    ``standard`` with ``mean`` and ``scale`` of length ``d``; None for any other step."""
+    from sklearn.preprocessing import Normalizer, StandardScaler
+
+    if isinstance(scaler, Normalizer) and scaler.norm == "l2":
+        return "l2", {}
+    if isinstance(scaler, StandardScaler):
+        return "standard", {
+            "mean": np.asarray(scaler.mean_ if scaler.with_mean else 0.0, np.float64) * np.ones(d),
+            "scale": np.asarray(scaler.scale_ if scaler.with_std else 1.0, np.float64) * np.ones(d)}
+    if scaler in ("passthrough", None):
+        return "none", {}
+    return None
+
+
 def to_arrays(pipeline) -> tuple[dict, dict] | None:
     """(JSON part, arrays) of a fitted ``Pipeline(scale, SVC)`` (binary with classes 0/1, or
     multi-class with classes 0..k-1), or of an :class:`ArraySVM` / :class:`ArrayMulticlassSVM`
@@ -153,7 +169,6 @@ def to_arrays(pipeline) -> tuple[dict, dict] | None:
     if isinstance(pipeline, (ArraySVM, ArrayMulticlassSVM)):
         return _arrays_of_array_svm(pipeline)
     try:
-        from sklearn.preprocessing import Normalizer, StandardScaler
         from sklearn.svm import SVC
     except ImportError:
         return None
@@ -169,17 +184,11 @@ def to_arrays(pipeline) -> tuple[dict, dict] | None:
         return None
     d = svc.support_vectors_.shape[1]
     arrays = {"support_vectors": np.asarray(svc.support_vectors_, np.float64)}
-    scaler = steps[0][1] if len(steps) > 1 else "passthrough"
-    if isinstance(scaler, Normalizer) and scaler.norm == "l2":
-        scaling = "l2"
-    elif isinstance(scaler, StandardScaler):
-        scaling = "standard"
-        arrays["mean"] = np.asarray(scaler.mean_ if scaler.with_mean else 0.0, np.float64) * np.ones(d)
-        arrays["scale"] = np.asarray(scaler.scale_ if scaler.with_std else 1.0, np.float64) * np.ones(d)
-    elif scaler in ("passthrough", None):
-        scaling = "none"
-    else:
+    scaled = scaler_arrays(steps[0][1] if len(steps) > 1 else "passthrough", d)
+    if scaled is None:
         return None
+    scaling, scaler_parts = scaled
+    arrays.update(scaler_parts)
     info = {"scaling": scaling, "kernel": svc.kernel, "gamma": float(svc._gamma),
             "degree": int(svc.degree), "coef0": float(svc.coef0)}
     if len(classes) == 2:

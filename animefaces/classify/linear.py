@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .arrays import SCALINGS, _array, _number, _transform
+from .arrays import SCALINGS, _array, _number, _transform, scaler_arrays
 from .kernels import MAX_COMPONENTS, MAX_DEGREE, count_sketch_map, nystroem_map
 
 LINEAR_FORMAT = "animefaces-linear-arrays/1"
@@ -81,7 +81,6 @@ def to_arrays(pipeline) -> tuple[dict, dict] | None:
     try:
         from sklearn.kernel_approximation import Nystroem, PolynomialCountSketch
         from sklearn.linear_model import SGDClassifier
-        from sklearn.preprocessing import Normalizer, StandardScaler
         from sklearn.svm import LinearSVC
     except ImportError:
         return None
@@ -93,16 +92,11 @@ def to_arrays(pipeline) -> tuple[dict, dict] | None:
         return None
     d = int(clf.n_features_in_ if mapper in ("passthrough", None) else mapper.n_features_in_)
     arrays = {"coef": np.asarray(clf.coef_[0], np.float64)}
-    if isinstance(scaler, Normalizer) and scaler.norm == "l2":
-        scaling = "l2"
-    elif isinstance(scaler, StandardScaler):
-        scaling = "standard"
-        arrays["mean"] = np.asarray(scaler.mean_ if scaler.with_mean else 0.0, np.float64) * np.ones(d)
-        arrays["scale"] = np.asarray(scaler.scale_ if scaler.with_std else 1.0, np.float64) * np.ones(d)
-    elif scaler in ("passthrough", None):
-        scaling = "none"
-    else:
+    scaled = scaler_arrays(scaler, d)
+    if scaled is None:
         return None
+    scaling, scaler_parts = scaled
+    arrays.update(scaler_parts)
     gamma = coef0 = 0.0
     m = degree = 0
     if mapper in ("passthrough", None):
