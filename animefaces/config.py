@@ -21,10 +21,10 @@ SCALINGS = ("l2", "standard", "none")
 
 _SCHEMA = {
     "features": {"backbones", "cache_dir", "device", "precision", "pooling", "batch_size", "skip_bad"},
-    "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "cv_folds", "grid"},
+    "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "cv_folds", "grid", "stream"},
     "output": {"reports_dir", "models_dir"},
     "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target", "abstain_risk",
-              "ood", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text",
+              "ood", "ood_max_reference", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text",
               "ood_weak_quantile", "ood_gray_quantile", "ood_subspace", "ood_subspace_quantile"},
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")
@@ -60,6 +60,9 @@ class SweepConfig:
     select_on: str = "groups"
     cv_folds: int = 5
     grid: list[dict] = field(default_factory=list)
+    # "auto": features stay in the feature cache, read a chunk at a time, when every grid row is
+    # a scalable kernel; true: always (refused with exact kernels); false: loaded into memory
+    stream: str | bool = "auto"
     reports_dir: str = "reports"
     models_dir: str = "models"
     # [trust]: calibration, abstention and the out-of-domain guard (see configs/default.toml)
@@ -70,6 +73,8 @@ class SweepConfig:
     abstain_target: float = 0.95
     abstain_risk: float = 0.02
     ood: bool = True
+    # at most this many train + val images (a seeded sample) are the guard's reference
+    ood_max_reference: int = 20000
     ood_k: int = 5
     ood_quantile: float = 0.999
     ood_min_side: int = 32
@@ -243,7 +248,26 @@ def config_from_dict(raw: dict, *, source: str = "<dict>") -> SweepConfig:
             e["C"] = [1.0]  # explicit, so the table and the saved model name it
         grid.append(e)
     cfg.grid = grid
+    if not (cfg.stream == "auto" or isinstance(cfg.stream, bool)):
+        raise ConfigError(f"config {source}: svm.stream = {cfg.stream!r}; use \"auto\", true or "
+                          f"false (TOML booleans, unquoted)")
+    if cfg.stream is True:
+        exact = sorted({e["kernel"] for e in grid if is_exact(e["kernel"])})
+        if exact:
+            raise ConfigError(
+                f"config {source}: svm.stream = true reads the features a chunk at a time, which "
+                f"only the scalable kernels can train on; the grid has exact kernel(s) "
+                f"{', '.join(exact)} (they need the kernel matrix in memory): use linear_svc, sgd, "
+                f"nystroem or poly_sketch rows, or stream = \"auto\" / false")
     return cfg
+
+
+def streams(cfg: SweepConfig) -> bool:
+    """Whether a sweep with ``cfg`` reads its features from the cache a chunk at a time
+    (``svm.stream``: true, or "auto" with only scalable kernels in the grid)."""
+    if cfg.stream == "auto":
+        return bool(cfg.grid) and not any(is_exact(e["kernel"]) for e in cfg.grid)
+    return bool(cfg.stream)
 
 
 def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
@@ -273,6 +297,7 @@ def _check_trust(cfg: SweepConfig, source: str, choice) -> None:
     else:
         choice("trust.abstain", a, ("risk", "auto", "off"))
     boolean("ood", cfg.ood)
+    number("ood_max_reference", cfg.ood_max_reference, 10, 10**7, integer=True)
     boolean("ood_text", cfg.ood_text)
     number("ood_weak_quantile", cfg.ood_weak_quantile, 0.0, 0.5)
     number("ood_gray_quantile", cfg.ood_gray_quantile, 0.0, 1.0)

@@ -88,6 +88,12 @@ class _FileRows:
         return rows.reshape(stop - start, self.width).astype(np.float64)
 
 
+def select_rows(X, indices):
+    """Rows ``indices`` (ints or a bool mask) of an array, or a view of them for rows read in
+    chunks (:meth:`~animefaces.features.stream.CachedRows.subset`: nothing is read)."""
+    return X.subset(indices) if hasattr(X, "subset") else X[indices]
+
+
 def as_rows(X):
     """``X`` as rows readable in chunks (arrays and memory maps are wrapped)."""
     return X if hasattr(X, "chunk") else ArrayRows(X)

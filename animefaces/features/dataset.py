@@ -14,6 +14,11 @@ import numpy as np
 from ..data.datasets import Dataset, Record, load_dataset
 from .backbones import DEFAULT_BACKBONE
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .stream import CachedRows
+
 
 @dataclass
 class ExtractedFeatures:
@@ -21,7 +26,8 @@ class ExtractedFeatures:
 
     Attributes:
         records: the records that have features (unreadable ones are in ``bad``).
-        X: (len(records), d) float32.
+        X: (len(records), d) float32; with ``stream=True`` a
+            :class:`~.stream.CachedRows` view of the feature cache (read a chunk at a time).
         bad: ``[(path, reason)]`` of images left out (only with skip_bad).
         meta: the extractor's description (backbone, weights, fingerprint...).
         seconds: wall time of the extraction step (hashing, cache lookup, forward passes).
@@ -29,7 +35,7 @@ class ExtractedFeatures:
     """
 
     records: list[Record]
-    X: np.ndarray
+    X: "np.ndarray | CachedRows"
     bad: list[tuple[Path, str]]
     meta: dict
     seconds: float
@@ -49,7 +55,7 @@ def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
                     precision: str = "auto", pooling: str = "auto", batch_size: int | None = None,
                     skip_bad: bool = False, progress: bool = True, extractor=None,
                     labels=("face", "no_face"), checkpoint_every: int = 256,
-                    allow_outside: bool = False, ray=None) -> ExtractedFeatures:
+                    allow_outside: bool = False, ray=None, stream: bool = False) -> ExtractedFeatures:
     """Extract (or load from the cache) features for every image of a dataset.
 
     Args:
@@ -63,6 +69,8 @@ def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
             :func:`~animefaces.data.datasets.load_dataset`).
         ray: a :class:`~animefaces.features.distributed.RayOptions` to extract on Ray (a local
             one, or the cluster at its ``address``; same cache entries), or None (this process).
+        stream: leave the features in the cache: ``X`` is a :class:`~.stream.CachedRows` view
+            (for the scalable kernels on more rows than fit in memory).
     """
     from .cache import FeatureCache
 
@@ -79,13 +87,19 @@ def extract_dataset(data, *, backbone: str = DEFAULT_BACKBONE, weights=None,
 
         with ray_session(ray.address):
             X, keys, bad = extract_files_ray(fx, paths, cache=cache, options=ray,
-                                             skip_bad=skip_bad, progress=progress)
+                                             skip_bad=skip_bad, progress=progress,
+                                             load=not stream)
     else:
         X, keys, bad = fx.extract_files(paths, cache=cache, skip_bad=skip_bad,
-                                        progress=progress, flush_every=checkpoint_every)
+                                        progress=progress, flush_every=checkpoint_every,
+                                        load=not stream)
     computed = len(cache) - before
     if computed >= 512:
         cache.compact()
+    if stream:
+        from .stream import CachedRows
+
+        X = CachedRows(cache, keys)
     bad_paths = {p for p, _ in bad}
     records = [r for r in ds.records if r.path not in bad_paths]
     return ExtractedFeatures(records=records, X=X, bad=bad, meta=fx.describe(),

@@ -287,7 +287,7 @@ def quiet_ray_data(ray, progress: bool) -> None:
 
 def extract_files_ray(fx, paths, *, cache, options: RayOptions | None = None,
                       skip_bad: bool = False, progress: bool = True, desc: str | None = None,
-                      on_batch=None):
+                      on_batch=None, load: bool = True):
     """:meth:`FeatureExtractor.extract_files` on Ray: the same return value and cache entries.
 
     Files whose hash the cache folder's hash index remembers (stat unchanged) and whose features
@@ -303,7 +303,8 @@ def extract_files_ray(fx, paths, *, cache, options: RayOptions | None = None,
             ``seconds``) as it arrives (progress, benchmarks, tests).
 
     Returns:
-        (features (M, d) float32, keys, [(path, reason)]) as ``extract_files``.
+        (features (M, d) float32, keys, [(path, reason)]) as ``extract_files`` (features None
+        with ``load=False``).
 
     Raises:
         BadImageError: an unreadable file when ``skip_bad`` is False, after every readable file
@@ -367,7 +368,7 @@ def extract_files_ray(fx, paths, *, cache, options: RayOptions | None = None,
                                f"unreadable in all; the readable ones are computed and cached)")
     cache._index = None  # read again: the actors added shards
     good = [k for i, k in enumerate(keys) if i not in reasons and k]
-    return cache.get(good), good, bad
+    return (cache.get(good) if load else None), good, bad
 
 
 def _save_index(index) -> None:

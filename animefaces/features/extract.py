@@ -379,7 +379,7 @@ class FeatureExtractor:
 
     # -- files, through the cache -----------------------------------------------------------------
     def extract_files(self, paths, *, cache=None, skip_bad: bool = False, progress: bool = True,
-                      flush_every: int = 256, desc: str | None = None):
+                      flush_every: int = 256, desc: str | None = None, load: bool = True):
         """Features for image files, read from / written to ``cache``.
 
         Each file is hashed; cached hashes are not decoded again; the rest are decoded (each
@@ -389,7 +389,9 @@ class FeatureExtractor:
 
         Returns:
             (features, keys, bad): features (M, feature_dim) float32 for the M readable files in
-            input order, their content hashes, and ``[(path, reason)]`` for unreadable ones.
+            input order (None with ``load=False``: the caller reads them from ``cache`` by key,
+            e.g. through :class:`~.stream.CachedRows`), their content hashes, and
+            ``[(path, reason)]`` for unreadable ones.
 
         Raises:
             BadImageError: an unreadable file when ``skip_bad`` is False (cached work is kept).
@@ -483,7 +485,7 @@ class FeatureExtractor:
                 bad.append((p, bad_reasons[k]))
                 bad_paths.add(p)
         good_keys = [k for k in keys if k is not None and k not in bad_reasons]
-        return cache.get(good_keys), good_keys, bad
+        return (cache.get(good_keys) if load else None), good_keys, bad
 
 
 def tempfile_dir() -> str:

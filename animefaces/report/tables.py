@@ -309,6 +309,8 @@ def trust_markdown(results: dict) -> list[str]:
                    + (f"; turned off (over {_num(ood.get('max_weak_rate', 0.02), '.0%')}): "
                       + _md(", ".join(ood["weak_off"])) if ood.get("weak_off") else "")]
                   if "weak" in thr else []),
+                *([f"- reference: {_md(ood['reference_sample']['note'])} (seed "
+                   f"{_md(ood['reference_sample']['seed'])})"] if ood.get("reference_sample") else []),
                 "- flags on the data, all of which are anime images (false flags):", "",
                 "| split | flagged | rate | by reason |", "|---|---|---|---|"]
         for s, v in ood["false_flags"].items():

@@ -18,14 +18,15 @@ def pool_mask(split_of: np.ndarray) -> np.ndarray:
     return np.isin(split_of, POOL)
 
 
-def add_group_cv(results, feats_X: np.ndarray, y_all: np.ndarray, split_of: np.ndarray,
+def add_group_cv(results, feats_X, y_all: np.ndarray, split_of: np.ndarray,
                  groups, y: dict, cfg: SweepConfig, rows) -> dict:
     """Cross-validate the grid by group over train + val and store it as split ``cv``.
 
     Args:
         results: the grid's :class:`~animefaces.classify.svm.FitResult` list (changed in place:
             ``accuracy["cv"]``, ``positive_rate["cv"]``, ``decision["cv"]``).
-        feats_X, y_all, split_of, groups: every record's features, 0/1 label, split and group.
+        feats_X, y_all, split_of, groups: every record's features (an array, or rows read in
+            chunks for a streamed sweep), 0/1 label, split and group.
         y: the sweep's {split: labels}; ``y["cv"]`` is set (pool order: record order).
         rows: ``cfg.kernel_rows()``.
 
@@ -43,7 +44,9 @@ def add_group_cv(results, feats_X: np.ndarray, y_all: np.ndarray, split_of: np.n
             "note": gf.note}
     if gf.folds is None:
         return info
-    cv = cross_validate_grid(feats_X[pool], y_all[pool], gf.folds, rows, scaling=cfg.scaling,
+    from ..classify.scalable import select_rows
+
+    cv = cross_validate_grid(select_rows(feats_X, pool), y_all[pool], gf.folds, rows, scaling=cfg.scaling,
                              cache_size=cfg.cache_size, seed=cfg.seed, n_jobs=cfg.n_jobs)
     for r, c in zip(results, cv):
         if (r.row, r.params) != (c.row, c.params):  # same grid, same order: a bug otherwise

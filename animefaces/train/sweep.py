@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import SweepConfig, load_config
+from ..config import SweepConfig, load_config, streams
 from ..data.datasets import Dataset, load_dataset, without_bad
 from ..errors import AnimeFacesError, WeightsMismatchError, WeightsNotFoundError
 from ..features.dataset import extract_dataset, make_extractor
@@ -30,7 +30,7 @@ def _log(msg: str, progress: bool) -> None:
 
 # Settings that change how fast a sweep runs or where it writes, not which model it chooses.
 _NOT_THE_MODEL = {"features": {"cache_dir", "device", "batch_size"},
-                  "svm": {"n_jobs", "cache_size"}, "output": None}
+                  "svm": {"n_jobs", "cache_size", "stream"}, "output": None}
 
 
 def _model_settings(raw: dict) -> dict:
@@ -107,6 +107,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     from .._io import utc_now, utc_stamp, versions
     from ..classify.calibration import platt_fit, summarize
     from ..classify.persist import TrainedModel, save_model
+    from ..classify.scalable import select_rows
     from ..classify.svm import (degenerate_flags, fit_grid, link_model, one_se_pick, refit,
                                 select_per_row)
     from ..report.tables import write_predictions, write_reports
@@ -136,6 +137,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                                   f"chooses models on val (splits found: {', '.join(ds.splits)})")
     names = backbones_to_run(cfg, backbones)
     rows = cfg.kernel_rows()
+    stream = streams(cfg)
     reports_root = Path(out_dir or cfg.reports_dir)
     run_name = f"{utc_stamp()}-{Path(cfg.source).stem or 'sweep'}"
     clean_incomplete(reports_root, log=lambda m: _log(m, progress))
@@ -166,7 +168,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
             _log(f"[sweep] skip {name}: {_first_clause(exc)}", progress)
             continue
         feats = extract_dataset(ds, extractor=fx, cache_dir=cache_dir, skip_bad=skip_bad,
-                                progress=progress, ray=ray)
+                                progress=progress, ray=ray, stream=stream)
         extract_seconds += feats.seconds
         for p, reason in feats.bad:
             bad_files[str(p)] = reason
@@ -178,11 +180,13 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                  + ", ".join(f"{s} {sum(c.values())}" for s, c in kept.counts().items()), progress)
         y_all = np.array([r.label == POSITIVE for r in feats.records], dtype=np.int64)
         split_of = np.array([r.split for r in feats.records])
-        X = {s: feats.X[split_of == s] for s in ds.splits}
+        # Streamed: every split is a view of the cache's rows (read a chunk at a time).
+        X = {s: select_rows(feats.X, split_of == s) for s in ds.splits}
         y = {s: y_all[split_of == s] for s in ds.splits}
         _log(f"[sweep] {name}: features {feats.X.shape[1]}-d for {len(feats.records)} images in "
              f"{feats.seconds:.1f}s ({feats.computed} computed, the rest from the cache); "
-             f"fitting {sum(len(c) for _, _, c in rows)} SVMs", progress)
+             f"fitting {sum(len(c) for _, _, c in rows)} SVMs"
+             + ("; features streamed from the cache (svm.stream)" if stream else ""), progress)
         t0 = time.perf_counter()
         results = fit_grid(X, y, rows, scaling=cfg.scaling, cache_size=cfg.cache_size,
                            seed=cfg.seed, n_jobs=cfg.n_jobs)
@@ -243,14 +247,13 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
         ood_job = pool.submit(fit_ood, cfg, feats, cache_dir) if cfg.ood else None
         pipeline = refit(best.params, X["train"], y["train"], scaling=cfg.scaling,
                          cache_size=cfg.cache_size, seed=cfg.seed)
-        dec_val = pipeline.decision_function(X["val"]).astype(np.float64)
+        dec_val = _decisions(pipeline, X["val"])
         platt = platt_fit(best.decision[CV] if select_on == CV else dec_val, y[select_on])
         refit_seconds = time.perf_counter() - t0
         t0 = time.perf_counter()  # trust time: waiting for the guard, then the rest
         ood = ood_job.result() if ood_job is not None else None
     grid_dec = _grid_decisions(best, dec_val)
-    dec = grid_dec if grid_dec is not None else {
-        s: pipeline.decision_function(X[s]).astype(np.float64) for s in X}
+    dec = grid_dec if grid_dec is not None else {s: _decisions(pipeline, X[s]) for s in X}
     if select_on == CV:
         dec[CV] = best.decision[CV]
     extras, trust, per_image = fit_trust(cfg, dec, y, feats, progress, ood=ood, fit_on=select_on,
@@ -300,6 +303,7 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
                           + ", one-standard-error rule; ties go to the earlier backbone / kernel / C "
                             "in config order"),
             "selected_on": select_on,
+            "streamed": stream,
             "group_cv": group_cv,
             "best": {"backbone": best_name, "kernel": best.row, "params": best.params,
                      "accuracy": best.accuracy, "model": str(model_path),
@@ -347,6 +351,15 @@ def run_sweep(data, *, config: SweepConfig | os.PathLike | str | None = None,
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)  # gone already once renamed
         raise
+
+
+def _decisions(pipeline, X) -> np.ndarray:
+    """(n,) float64 decision values; rows read in chunks (a streamed sweep) a chunk at a time."""
+    if hasattr(X, "chunk"):
+        from ..classify.scalable import decision_function
+
+        return decision_function(pipeline, X)
+    return pipeline.decision_function(X).astype(np.float64)
 
 
 def _first_clause(exc: Exception) -> str:
