@@ -24,7 +24,8 @@ _SCHEMA = {
     "svm": {"scaling", "cache_size", "seed", "n_jobs", "select_on", "cv_folds", "grid", "stream"},
     "output": {"reports_dir", "models_dir"},
     "trust": {"calibration", "calibration_folds", "ece_bins", "abstain", "abstain_target", "abstain_risk",
-              "ood", "ood_max_reference", "ood_k", "ood_quantile", "ood_min_side", "ood_flat", "ood_noise", "ood_text",
+              "ood", "ood_max_reference", "ood_k", "ood_quantile", "ood_min_side", "ood_flat",
+              "ood_noise", "ood_text",
               "ood_weak_quantile", "ood_gray_quantile", "ood_subspace", "ood_subspace_quantile"},
 }
 CALIBRATIONS = ("auto", "platt", "isotonic")

@@ -114,7 +114,8 @@ def cross_validate_grid(X, y, folds, rows, *, scaling: str = "l2", cache_size: f
     "scale"`` fitted on that fold's training part, as a model trained there would be).
 
     Args:
-        X: (n, d) pool features (or, for the scalable kernels, rows read in chunks); y: (n,) 0/1; folds: from :func:`group_folds`.
+        X: (n, d) pool features (or, for the scalable kernels, rows read in chunks); y: (n,)
+            0/1; folds: from :func:`group_folds`.
         rows: ``SweepConfig.kernel_rows()``.
 
     Returns:
@@ -128,8 +129,9 @@ def cross_validate_grid(X, y, folds, rows, *, scaling: str = "l2", cache_size: f
     oof: list[np.ndarray] | None = None
     meta = None
     for tr, te in folds:
-        res = fit_grid({"train": select_rows(X, tr), "heldout": select_rows(X, te)}, {"train": y[tr], "heldout": y[te]},
-                       rows, scaling=scaling, cache_size=cache_size, seed=seed, n_jobs=n_jobs)
+        res = fit_grid({"train": select_rows(X, tr), "heldout": select_rows(X, te)},
+                       {"train": y[tr], "heldout": y[te]}, rows, scaling=scaling,
+                       cache_size=cache_size, seed=seed, n_jobs=n_jobs)
         if oof is None:
             oof = [np.full(len(y), np.nan) for _ in res]
             meta = [(r.row, r.params) for r in res]

@@ -187,6 +187,11 @@ class FeatureCache:
         self._pending_feats: list[np.ndarray] = []
 
     # -- reading ---------------------------------------------------------------------------
+    def reread(self) -> None:
+        """Forget the folder's index: the next read lists its shards again (other processes
+        wrote shards, or merged them with :meth:`compact`)."""
+        self._index = None
+
     def _load(self) -> None:
         if self._index is not None:
             return

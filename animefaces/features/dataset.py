@@ -8,13 +8,12 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..data.datasets import Dataset, Record, load_dataset
 from .backbones import DEFAULT_BACKBONE
-
-from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .stream import CachedRows

@@ -366,7 +366,7 @@ def extract_files_ray(fx, paths, *, cache, options: RayOptions | None = None,
         p, reason = bad[0]
         raise BadImageError(p, f"{reason}; pass --skip-bad to go on without it ({len(bad)} "
                                f"unreadable in all; the readable ones are computed and cached)")
-    cache._index = None  # read again: the actors added shards
+    cache.reread()  # the actors added shards
     good = [k for i, k in enumerate(keys) if i not in reasons and k]
     return (cache.get(good) if load else None), good, bad
 

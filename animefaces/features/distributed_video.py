@@ -205,7 +205,7 @@ def extract_video_frames_ray(fx, videos, *, cache, fps: float | None = 1.0,
                     on_batch(batch)
         finally:
             bar.close()
-    cache._index = None  # read again: the actors added shards
+    cache.reread()  # the actors added shards
     extras: list[list] = [[] for _ in out]
     for r, (n, *_rest) in enumerate(ranges):
         if r in errors and out[n].error is None:

@@ -72,10 +72,10 @@ class CachedRows:
             if len(idx) != len(self):
                 raise ValueError(f"mask of {len(idx)} for {len(self)} rows")
             idx = np.flatnonzero(idx)
+        idx = idx.astype(np.int64)
         view = object.__new__(CachedRows)
         view._cache, view._d, view._shards = self._cache, self._d, self._shards
-        view._keys = self._keys[idx.astype(np.int64)]
-        view._where = self._where[idx.astype(np.int64)]
+        view._keys, view._where = self._keys[idx], self._where[idx]
         return view
 
     def chunk(self, start: int, stop: int) -> np.ndarray:
@@ -93,17 +93,15 @@ class CachedRows:
     def _gather(self, sel) -> np.ndarray:
         from .cache import _ShardGone
 
-        for attempt in range(4):
+        for _ in range(3):
             try:
                 return self._gather_once(self._where[sel])
             except (_ShardGone, FileNotFoundError):
-                if attempt == 3:
-                    raise
                 # Another process compacted the shards: the merged shard was written before the
                 # old ones went, so the folder's index has every key again.
-                self._cache._index = None
+                self._cache.reread()
                 self._resolve()
-        raise AssertionError("unreachable")
+        return self._gather_once(self._where[sel])  # a fourth failure is raised
 
     def _gather_once(self, where: np.ndarray) -> np.ndarray:
         out = np.empty((len(where), self._d), np.float64)

@@ -46,8 +46,9 @@ def add_group_cv(results, feats_X, y_all: np.ndarray, split_of: np.ndarray,
         return info
     from ..classify.scalable import select_rows
 
-    cv = cross_validate_grid(select_rows(feats_X, pool), y_all[pool], gf.folds, rows, scaling=cfg.scaling,
-                             cache_size=cfg.cache_size, seed=cfg.seed, n_jobs=cfg.n_jobs)
+    cv = cross_validate_grid(select_rows(feats_X, pool), y_all[pool], gf.folds, rows,
+                             scaling=cfg.scaling, cache_size=cfg.cache_size, seed=cfg.seed,
+                             n_jobs=cfg.n_jobs)
     for r, c in zip(results, cv):
         if (r.row, r.params) != (c.row, c.params):  # same grid, same order: a bug otherwise
             raise RuntimeError(f"group CV result {c.row} {c.params} does not match {r.row} {r.params}")

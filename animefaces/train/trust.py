@@ -77,9 +77,7 @@ def reference_sample(pool: np.ndarray, cap: int, seed: int) -> np.ndarray:
 
 def _feature_rows(X, idx: np.ndarray) -> np.ndarray:
     """Rows ``idx`` in memory (float32), from an array or rows read in chunks."""
-    if hasattr(X, "take") and not isinstance(X, np.ndarray):
-        return X.take(idx).astype(np.float32)
-    return X[idx]
+    return X[idx] if isinstance(X, np.ndarray) else X.take(idx).astype(np.float32)
 
 
 OOD_CHUNK_ROWS = 16384
@@ -87,19 +85,16 @@ OOD_CHUNK_ROWS = 16384
 
 def _chunked_flags(guard, X, stats):
     """``guard.flags`` on every row; rows read in chunks are scored ``OOD_CHUNK_ROWS`` at a time."""
-    chunk = OOD_CHUNK_ROWS
+    from ..classify.scalable import _spans
+
     if isinstance(X, np.ndarray):
         return guard.flags(X, stats)
-    flag, reason, dist = [], [], []
-    for a in range(0, len(X), chunk):
-        b = min(a + chunk, len(X))
-        f, r, d = guard.flags(X.chunk(a, b).astype(np.float32), stats[a:b])
-        flag.append(f)
-        reason.extend(r)
-        dist.append(d)
-    if not flag:
-        return guard.flags(np.zeros((0, X.n_features), np.float32), stats)
-    return np.concatenate(flag), reason, np.concatenate(dist)
+    spans = _spans(len(X), OOD_CHUNK_ROWS)
+    if not spans:  # no rows
+        return guard.flags(_feature_rows(X, np.arange(0)), stats)
+    parts = [guard.flags(X.chunk(a, b).astype(np.float32), stats[a:b]) for a, b in spans]
+    return (np.concatenate([f for f, _, _ in parts]), [r for _, rs, _ in parts for r in rs],
+            np.concatenate([d for _, _, d in parts]))
 
 
 def fit_trust(cfg: SweepConfig, dec: dict, y: dict, feats: ExtractedFeatures,
